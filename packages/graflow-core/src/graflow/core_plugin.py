@@ -1,0 +1,56 @@
+"""Core's built-ins, registered through the same hooks as any third-party plugin.
+
+Imports happen inside the hooks so that ``import graflow`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from graflow.hookspecs import hookimpl
+
+
+@hookimpl
+def graflow_register_task_handlers() -> list[type]:
+    from graflow.core.handlers.direct import DirectTaskHandler
+
+    return [DirectTaskHandler]
+
+
+@hookimpl
+def graflow_register_channels() -> list[type]:
+    from graflow.channels.memory_channel import MemoryChannel
+
+    return [MemoryChannel]
+
+
+@hookimpl
+def graflow_register_task_queues() -> list[type]:
+    from graflow.queue.local import LocalTaskQueue
+
+    return [LocalTaskQueue]
+
+
+@hookimpl
+def graflow_register_coordinators() -> list[type]:
+    from graflow.coordination.direct import DirectCoordinator
+    from graflow.coordination.threading_coordinator import ThreadingCoordinator
+
+    return [DirectCoordinator, ThreadingCoordinator]
+
+
+@hookimpl
+def graflow_register_group_policies() -> list[type]:
+    from graflow.core.handlers.group_policy import (
+        AtLeastNGroupPolicy,
+        BestEffortGroupPolicy,
+        CriticalGroupPolicy,
+        StrictGroupPolicy,
+    )
+
+    return [StrictGroupPolicy, BestEffortGroupPolicy, AtLeastNGroupPolicy, CriticalGroupPolicy]
+
+
+@hookimpl
+def graflow_register_checkpoint_stores() -> list[type]:
+    from graflow.checkpoint_store import LocalFileCheckpointStore
+
+    return [LocalFileCheckpointStore]
