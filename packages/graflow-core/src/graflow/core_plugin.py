@@ -51,6 +51,7 @@ def graflow_register_group_policies() -> list[type]:
 
 @hookimpl
 def graflow_register_checkpoint_stores() -> list[type]:
-    from graflow.checkpoint_store import LocalFileCheckpointStore
+    from graflow import checkpoint_store
 
-    return [LocalFileCheckpointStore]
+    local = getattr(checkpoint_store, "LocalFileCheckpointStore", None)
+    return [local] if local is not None else []

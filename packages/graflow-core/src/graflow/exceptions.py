@@ -39,6 +39,20 @@ class TaskError(GraflowRuntimeError):
         self.task_id = task_id
 
 
+class TaskTimeoutError(TaskError):
+    """A task ran longer than its ``timeout``.
+
+    In-process the work cannot be stopped, so the overrun is reported as a failure when the task
+    returns; workers and remote handlers stop the work itself.
+    """
+
+    def __init__(self, task_id: str, timeout: float, elapsed: float | None = None) -> None:
+        took = f" (took {elapsed:.3f}s)" if elapsed is not None else ""
+        super().__init__(f"Task '{task_id}' exceeded its timeout of {timeout}s{took}", task_id)
+        self.timeout = timeout
+        self.elapsed = elapsed
+
+
 class CycleLimitExceededError(GraflowRuntimeError):
     """A task ran more often than its ``max_cycles`` allows."""
 
@@ -157,4 +171,5 @@ __all__ = [
     "PluginNotFoundError",
     "RetryLimitExceededError",
     "TaskError",
+    "TaskTimeoutError",
 ]

@@ -1,0 +1,1 @@
+"""The engine: tasks, graphs, contexts, scheduling, handlers and policies."""

@@ -1,0 +1,1 @@
+"""Task handlers shipped with core (``direct``) and the group policies."""
