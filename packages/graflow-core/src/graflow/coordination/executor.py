@@ -52,13 +52,22 @@ class GroupExecutor:
 
         def run_and_record(member_id: str) -> TaskResult:
             outcome = run_member(member_id)
+            write_checkpoints = outcome.metadata.pop("write_checkpoints", None)
             progress[member_id] = outcome
+            if write_checkpoints is not None:
+                write_checkpoints()
             return outcome
 
         name, backend_config = self.coordinator_for(group, context)
         started = time.perf_counter()
-        if todo:
-            get_coordinator(name, backend_config).run_members(group, todo, run_and_record, context)
+        with context.state_lock:
+            context.active_groups.append(group_id)
+        try:
+            if todo:
+                get_coordinator(name, backend_config).run_members(group, todo, run_and_record, context)
+        finally:
+            with context.state_lock:
+                context.active_groups.remove(group_id)
         results = {m: progress[m] for m in member_ids if m in progress}
         context.raise_if_canceled()
         if context.terminated is not None:

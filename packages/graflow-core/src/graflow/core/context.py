@@ -237,6 +237,7 @@ class ExecutionContext:
         self.iteration_data: dict[str, Any] = {}
         self.join_arrivals: dict[str, set[str]] = {}
         self.group_progress: dict[str, dict[str, Any]] = {}
+        self.active_groups: list[str] = []
         self.extra_roots: list[str] = []
         self.last_checkpoint_path: str | None = None
         self.checkpoint_metadata: Any = None

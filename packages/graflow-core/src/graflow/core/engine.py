@@ -138,8 +138,14 @@ class WorkflowEngine:
         queue: deque[str],
         scope: str | None,
         arrivals: dict[str, set[str]],
+        checkpoints: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> Any:
-        """Run tasks from ``queue`` until it is empty; ``scope`` is the group id inside a branch."""
+        """Run tasks from ``queue`` until it is empty; ``scope`` is the group id inside a branch.
+
+        Inside a branch, deferred checkpoint requests are collected in ``checkpoints`` and written
+        once the member has finished and its progress is recorded, so the resumed run does not
+        repeat the member.
+        """
         graph = ctx.graph
         nodes = graph._nodes
         succ = graph._succ
@@ -278,7 +284,10 @@ class WorkflowEngine:
                         continue
                     append(s)
             if tctx is not None and tctx.checkpoint_request is not None:
-                self._deferred_checkpoint(ctx, tid, tctx.checkpoint_request)
+                if checkpoints is not None:
+                    checkpoints.append((tid, tctx.checkpoint_request))
+                else:
+                    self._deferred_checkpoint(ctx, tid, tctx.checkpoint_request)
         return last
 
     # -- joins ---------------------------------------------------------------------------------------------
@@ -348,8 +357,9 @@ class WorkflowEngine:
         if ctx.terminated is not None or ctx.canceled is not None:
             why = "the workflow was terminated" if ctx.terminated is not None else "the workflow was canceled"
             return TaskResult(member_id, False, None, f"not run: {why}", 0.0, stamp)
+        checkpoints: list[tuple[str, dict[str, Any]]] = []
         try:
-            result = self._drive(ctx, deque([member_id]), group.task_id, {})
+            result = self._drive(ctx, deque([member_id]), group.task_id, {}, checkpoints)
         except Exception as exc:
             original = exc.__cause__ if isinstance(exc, TaskError) and exc.__cause__ is not None else exc
             return TaskResult(
@@ -360,7 +370,12 @@ class WorkflowEngine:
                 time.perf_counter() - started,
                 stamp,
             )
-        return TaskResult(member_id, True, None, None, time.perf_counter() - started, stamp, result)
+        outcome = TaskResult(member_id, True, None, None, time.perf_counter() - started, stamp, result)
+        if checkpoints:
+            outcome.metadata["write_checkpoints"] = lambda: [
+                self._deferred_checkpoint(ctx, tid, request) for tid, request in checkpoints
+            ]
+        return outcome
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _deferred_checkpoint(self, ctx: ExecutionContext, tid: str, request: dict[str, Any]) -> None:

@@ -61,10 +61,12 @@ class Executable:
     # -- graph wiring ---------------------------------------------------------------------------------
     def _register(self, graph: TaskGraph | None = None) -> TaskGraph | None:
         if graph is None:
-            graph = _first_graph(_current_graph(), self._graph)
-        if graph is None:
-            return None
-        if self._graph is not graph or not graph.has_node(self.task_id):
+            graph = _current_graph()
+            if graph is None:
+                graph = self._graph
+                if graph is None:
+                    return None
+        if self._graph is not graph or self.task_id not in graph._nodes:
             graph.add_node(self)
             self._graph = graph
         return graph
@@ -82,9 +84,13 @@ class Executable:
         return [self]
 
     def _connect(self, other: Executable) -> None:
-        graph = _first_graph(_current_graph(), self._graph, other._graph)
-        for node in (*self._nodes(), *other._nodes()):
-            node._register(graph)
+        graph = _current_graph()
+        if graph is None:
+            graph = self._graph if self._graph is not None else other._graph
+        for part in (self, other):
+            if part._graph is not graph:
+                for node in part._nodes():
+                    node._register(graph)
         for src in self._exits():
             for dst in other._entries():
                 if graph is not None:
@@ -179,9 +185,14 @@ class SequentialTask(Executable):
     def _nodes(self) -> list[Executable]:
         return [n for t in self.tasks for n in t._nodes()]
 
-    @property
-    def _graph_of(self) -> TaskGraph | None:
-        return self.tasks[0]._graph
+    @property  # type: ignore[override]
+    def _graph(self) -> TaskGraph | None:
+        first, last = self.tasks[0], self.tasks[-1]
+        return first._graph if first._graph is last._graph else None
+
+    @_graph.setter
+    def _graph(self, value: TaskGraph | None) -> None:
+        pass
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -302,6 +313,7 @@ class TaskWrapper(Executable):
         self._bound_kwargs: dict[str, Any] = dict(bound_kwargs or {})
         self.is_async = inspect.iscoroutinefunction(func)
         self._plans: dict[int, tuple[tuple[str, str, bool], ...]] = {}
+        self._simple = False  # no context, no parameters, no bound values: call func() directly
         self.__name__ = getattr(func, "__name__", task_id)
         self.__qualname__ = getattr(func, "__qualname__", task_id)
         self.__doc__ = getattr(func, "__doc__", None)
@@ -346,10 +358,13 @@ class TaskWrapper(Executable):
         data: Any = NO_DATA,
     ) -> Any:
         """Call the function with its parameters filled (see SPEC §4.3) and return its result."""
-        args: list[Any] = []
-        skip = 0
         if data is NO_DATA and task_context is not None:
             data = task_context.input_data
+        if self._simple and data is NO_DATA:
+            result = self.func()
+            return _await(result) if self.is_async else result
+        args: list[Any] = []
+        skip = 0
         if self.inject_context:
             if task_context is None:
                 task_context = context.current_task_context or context.create_task_context(self._task_id)
@@ -362,6 +377,8 @@ class TaskWrapper(Executable):
         plan = plans.get(skip)
         if plan is None:
             plan = plans[skip] = _param_plan(self.func, skip)
+        if skip == 0 and not plan and not self._bound_kwargs and not self.inject_context:
+            self._simple = True
         if plan:
             kwargs = self._resolve(plan, context)
             result = self.func(*args, **kwargs)
