@@ -256,6 +256,11 @@ class MemoryChannel(Channel):
         deadlines: dict[str, float] = {}
         now = time.monotonic()
         for key, entry in snapshot.items():
+            if not isinstance(entry, Mapping) or SNAPSHOT_VALUE not in entry:
+                raise ValueError(
+                    f"Malformed channel snapshot entry for key {key!r}: expected {{'value': ..., 'ttl': ...}}, "
+                    f"got {type(entry).__name__}. Pass what Channel.snapshot() returned."
+                )
             ttl = entry.get(SNAPSHOT_TTL)
             if ttl is not None and ttl <= 0:
                 continue

@@ -107,6 +107,14 @@ def _check_none(value: Any, path: str) -> None:
 # -- compiler ---------------------------------------------------------------------------------------
 
 _CACHE: dict[Any, Checker] = {}
+
+
+def _cache_key(tp: Any) -> tuple[type, Any]:
+    # The annotation's own type is part of the key: ``Optional[str] == str | None`` but the error
+    # messages should spell the annotation the way the user wrote it.
+    return (type(tp), tp)
+
+
 _COMPILE_LOCK = threading.RLock()
 
 
@@ -152,14 +160,15 @@ class _Compiler:
         self.annotated_forms = _special_forms("Annotated")
 
     def compile(self, tp: Any) -> Checker:
+        key = _cache_key(tp)
         try:
-            cached = self.pending.get(tp) or _CACHE.get(tp) or self.built.get(tp)
+            cached = self.pending.get(tp) or _CACHE.get(key) or self.built.get(key)
         except TypeError:  # unhashable annotation (e.g. Annotated with a list): just don't cache it
             return self._build(tp)
         if cached is not None:
             return cached
         checker = self._build(tp)
-        self.built[tp] = checker
+        self.built[key] = checker
         return checker
 
     def _build(self, tp: Any) -> Checker:
@@ -410,7 +419,7 @@ class _Compiler:
 def compile_validator(tp: Any) -> Checker:
     """The cached checker for annotation ``tp``; raises TypeError for an unsupported annotation."""
     try:
-        cached = _CACHE.get(tp)
+        cached = _CACHE.get(_cache_key(tp))
     except TypeError:
         cached = None
     if cached is not None:
@@ -474,9 +483,7 @@ class TypedChannel(Generic[T]):
         try:
             self._check(message, "")
         except _Invalid as exc:
-            raise TypeError(
-                f"Invalid {self._type_name} message for channel key '{key}': {exc.describe()}"
-            ) from None
+            raise TypeError(f"Invalid {self._type_name} message for channel key '{key}': {exc.describe()}") from None
         self.channel.set(key, message, ttl)
 
     def receive(self, key: str, default: T | None = None) -> T | None:

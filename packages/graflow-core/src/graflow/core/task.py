@@ -49,6 +49,7 @@ class Executable:
     retry_policy: RetryPolicy | None = None
     timeout: float | None = None
     queue: str | None = None
+    _is_group = False
 
     def __init__(self) -> None:
         self._graph: TaskGraph | None = None
@@ -256,6 +257,24 @@ def _param_plan(func: Callable[..., Any], skip: int) -> tuple[tuple[str, str, bo
     return plan
 
 
+_async_cache: dict[Any, bool] = {}
+
+
+def _is_coroutine_function(func: Callable[..., Any]) -> bool:
+    try:
+        return _async_cache[func]
+    except (KeyError, TypeError):
+        pass
+    answer = inspect.iscoroutinefunction(func)
+    try:
+        if len(_async_cache) > 10_000:
+            _async_cache.clear()
+        _async_cache[func] = answer
+    except TypeError:
+        pass
+    return answer
+
+
 class TaskWrapper(Executable):
     """A task around a plain function (what ``@task`` makes).
 
@@ -311,7 +330,7 @@ class TaskWrapper(Executable):
         self.timeout = timeout
         self.queue = queue
         self._bound_kwargs: dict[str, Any] = dict(bound_kwargs or {})
-        self.is_async = inspect.iscoroutinefunction(func)
+        self.is_async = _is_coroutine_function(func)
         self._plans: dict[int, tuple[tuple[str, str, bool], ...]] = {}
         self._simple = False  # no context, no parameters, no bound values: call func() directly
         self.__name__ = getattr(func, "__name__", task_id)
@@ -480,6 +499,8 @@ class ParallelGroup(Executable):
     ``(a | b | c)`` makes one group of three. ``a | (b >> c)`` has two members, the second a chain.
     """
 
+    _is_group = True
+
     def __init__(self, tasks: Iterable[Executable], name: str | None = None) -> None:
         super().__init__()
         self.tasks: list[Executable] = list(tasks)
@@ -507,6 +528,14 @@ class ParallelGroup(Executable):
 
     @classmethod
     def _combine(cls, left: Executable, right: Executable) -> ParallelGroup:
+        """``left | right``. A fresh left group grows in place, so ``a | b | c | ...`` stays linear."""
+        if isinstance(left, ParallelGroup) and left._is_fresh():
+            if isinstance(right, ParallelGroup) and right._is_fresh():
+                right._dissolve()
+                left._add_members(list(right.tasks))
+            else:
+                left._add_members([right])
+            return left
         members: list[Executable] = []
         for side in (left, right):
             if isinstance(side, ParallelGroup) and side._is_fresh():
@@ -515,6 +544,16 @@ class ParallelGroup(Executable):
             else:
                 members.append(side)
         return cls(members)
+
+    def _add_members(self, members: list[Executable]) -> None:
+        graph = self._graph
+        self.tasks.extend(members)
+        for member in members:
+            for node in member._nodes():
+                node._register(graph)
+            if graph is not None:
+                for node in _owned_nodes(member):
+                    graph.set_owner(node.task_id, self._task_id)
 
     def _is_fresh(self) -> bool:
         """An auto-named group nobody wired yet can be merged into a bigger one (``a | b | c``)."""

@@ -1,0 +1,8 @@
+"""Conformance suites that Graflow plugin authors subclass in their own tests."""
+
+from graflow_testkit.__about__ import __version__
+from graflow_testkit.channels import ChannelConformance
+from graflow_testkit.handlers import TaskHandlerConformance
+from graflow_testkit.policies import GroupPolicyConformance
+
+__all__ = ["ChannelConformance", "GroupPolicyConformance", "TaskHandlerConformance", "__version__"]
