@@ -86,6 +86,8 @@ class _Registry:
         self._failed: dict[str, tuple[str, str]] = {}  # entry point name -> (distribution, error)
         self._dists: dict[int, tuple[str, str]] = {}  # id(plugin) -> (distribution, version)
         self._has_observers: bool | None = None
+        self._trace: logging.Logger | None = None
+        self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
 
     # -- loading -----------------------------------------------------------------------------
     def ensure_loaded(self) -> None:
@@ -144,6 +146,7 @@ class _Registry:
             trace_logger.debug("done %s", hook_name)
 
         self.manager.add_hookcall_monitoring(before, after)
+        self._trace = trace_logger
 
     # -- in-process registration ---------------------------------------------------------------
     def register(self, plugin: object, name: str | None = None) -> str:
@@ -152,7 +155,11 @@ class _Registry:
             plugin_name = self.manager.register(plugin, name=name)
             if plugin_name is None:
                 raise ConfigError(f"Plugin {plugin!r} is already registered or blocked")
-            self.manager.check_pending()
+            try:
+                self.manager.check_pending()
+            except Exception:
+                self.manager.unregister(plugin)
+                raise
             self._dists.setdefault(id(plugin), ("<in-process>", ""))
             self._invalidate()
             try:
@@ -186,9 +193,13 @@ class _Registry:
 
     def _build_tables(self) -> dict[str, dict[str, tuple[type, str]]]:
         tables: dict[str, dict[str, tuple[type, str]]] = {}
+        self._owners = {}
         for kind, (hook_name, human, attr) in KINDS.items():
             table: dict[str, tuple[type, str]] = {}
             hook = getattr(self.manager.hook, hook_name)
+            if self._trace is not None:
+                plugin_names = ", ".join(impl.plugin_name for impl in hook.get_hookimpls())
+                self._trace.debug("call %s -> [%s]", hook_name, plugin_names)
             for impl in hook.get_hookimpls():
                 dist = self._dists.get(id(impl.plugin), (impl.plugin_name, ""))[0]
                 for cls in impl.function() or ():
@@ -202,6 +213,7 @@ class _Registry:
                                 f"or block it with GRAFLOW_DISABLE_PLUGINS."
                             )
                         table[key] = (cls, dist)
+                        self._owners[(kind, key)] = impl.plugin_name
             tables[kind] = table
         self._tables = tables
         return tables
@@ -220,7 +232,10 @@ class _Registry:
         if package:
             failed_here = [b for b in broken if package in b]
             if failed_here:
-                hint = f"It is provided by the {package} package, which is installed but failed to load: {failed_here[0]}."
+                hint = (
+                f"It is provided by the {package} package, which is installed but failed to load: "
+                f"{failed_here[0]}."
+            )
             elif package in os.environ.get("GRAFLOW_DISABLE_PLUGINS", ""):
                 hint = f"It is provided by the {package} package, which GRAFLOW_DISABLE_PLUGINS blocks."
             else:
@@ -242,6 +257,8 @@ class _Registry:
         return observed
 
     def emit(self, event: str, payload: dict[str, Any]) -> None:
+        if self._trace is not None:
+            self._trace.debug("call graflow_on_event(%s)", event)
         for impl in self.manager.hook.graflow_on_event.get_hookimpls():
             try:
                 impl.function(event=event, payload=payload)
@@ -257,7 +274,7 @@ class _Registry:
             hooks = sorted(caller.name for caller in self.manager.get_hookcallers(plugin) or ())
             registers: dict[str, list[str]] = {}
             for kind, table in tables.items():
-                mine = sorted(key for key, (cls, d) in table.items() if d == dist)
+                mine = sorted(key for key in table if self._owners.get((kind, key)) == name)
                 if mine:
                     registers[kind] = mine
             infos.append(PluginInfo(name, dist, version, hooks, registers))

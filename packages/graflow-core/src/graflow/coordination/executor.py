@@ -77,8 +77,8 @@ class GroupExecutor:
         channel = context.channel
         graph_nodes = context.graph._nodes
         for member_id, outcome in results.items():
-            if not outcome.success:
-                node = graph_nodes.get(member_id)
+            if not outcome.success and outcome.error is not None:
+                node = graph_nodes.get(outcome.metadata.get("failed_task", member_id))
                 key = getattr(node, "result_key", member_id + ".__result__")
                 channel.set(key, outcome.error)
         members = [graph_nodes[m] for m in member_ids if m in graph_nodes]

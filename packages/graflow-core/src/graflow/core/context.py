@@ -242,6 +242,8 @@ class ExecutionContext:
         self.last_checkpoint_path: str | None = None
         self.checkpoint_metadata: Any = None
         self.terminated: str | None = None
+        self.terminate_result: Any = None
+        self._owns_graph = False
         self.canceled: tuple[str, str | None] | None = None
         self.last_result: Any = None
         self.state_lock = threading.RLock()
@@ -296,8 +298,12 @@ class ExecutionContext:
         """Add a task created at run time to the graph, with the edges wired from it meanwhile."""
         from graflow.core.task import ParallelGroup
 
-        graph = self.graph
         with self.state_lock:
+            if not self._owns_graph:
+                # The workflow's graph stays as the user built it; this run gets its own copy.
+                self.graph = self.graph.copy()
+                self._owns_graph = True
+            graph = self.graph
             seen: set[int] = set()
             stack = [executable]
             order: list[Executable] = []
@@ -418,6 +424,7 @@ class ExecutionContext:
         state.pop("queue_class", None)
         self.__dict__.update(state)
         self.state_lock = threading.RLock()
+        self._owns_graph = True
         self.channel = channel_class(channel_name, **self.config)
         self.channel.restore(snapshot)
         from graflow.queue.local import LocalTaskQueue

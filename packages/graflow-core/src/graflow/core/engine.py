@@ -38,7 +38,9 @@ from graflow.exceptions import (
 
 logger = logging.getLogger(__name__)
 
-_shared_handlers: dict[tuple[str, Any], TaskHandler] = {}
+# One handler per (class, settings), shared by every engine: warm pools and connections survive runs,
+# and a plugin registered or removed later is looked up afresh.
+_shared_handlers: dict[tuple[type, Any], TaskHandler] = {}
 
 
 def _freeze(value: Any) -> Any:
@@ -74,8 +76,9 @@ class WorkflowEngine:
         if handler is not None:
             return handler
         kwargs = task.handler_kwargs or {}
+        cls = plugins.get_task_handler_class(name)
         try:
-            key = (name, _freeze(kwargs))
+            key = (cls, _freeze(kwargs))
         except TypeError:
             return self._make_handler(name, kwargs, task)
         handler = _shared_handlers.get(key)
@@ -146,11 +149,7 @@ class WorkflowEngine:
         once the member has finished and its progress is recorded, so the resumed run does not
         repeat the member.
         """
-        graph = ctx.graph
-        nodes = graph._nodes
-        succ = graph._succ
-        pred = graph._pred
-        owner_of = graph.owner_of
+        graph, nodes, succ, pred, owner_of = _graph_refs(ctx)
         cycle_counts = ctx.cycle_counts
         retry_counts = ctx.retry_counts
         iteration_data = ctx.iteration_data
@@ -207,13 +206,16 @@ class WorkflowEngine:
                 cycle_counts[tid] = count
 
             tctx: TaskExecutionContext | None = None
-            if type(task) is ParallelGroup or isinstance(task, ParallelGroup):
+            if task._is_group:
                 result = self._group_executor.execute_parallel_group(
                     task, ctx, lambda member_id, _g=task: self._run_member(ctx, _g, member_id)
                 )
                 if ctx.terminated is not None:
                     queue.clear()
+                    last = ctx.terminate_result
                     break
+                if ctx.graph is not graph:
+                    graph, nodes, succ, pred, owner_of = _graph_refs(ctx)
             else:
                 data = iteration_data.pop(tid, NO_DATA) if iteration_data else NO_DATA
                 if task.inject_context or not (direct_ok and task.handler_type in (None, "direct")):
@@ -260,12 +262,15 @@ class WorkflowEngine:
                     raise GraflowWorkflowCanceledError(tctx.cancel_message, tid)
                 if tctx.spawned:
                     queue.extend(tctx.spawned)
+                    if ctx.graph is not graph:
+                        graph, nodes, succ, pred, owner_of = _graph_refs(ctx)
                 if tctx.iterate_data is not NO_DATA:
                     if tctx.iterate_data is not None:
                         iteration_data[tid] = tctx.iterate_data
                     append(tid)
                     skip = True
                 if tctx.terminate_message is not None:
+                    ctx.terminate_result = result
                     ctx.terminated = tctx.terminate_message
                     queue.clear()
                     if tctx.checkpoint_request is not None:
@@ -362,7 +367,7 @@ class WorkflowEngine:
             result = self._drive(ctx, deque([member_id]), group.task_id, {}, checkpoints)
         except Exception as exc:
             original = exc.__cause__ if isinstance(exc, TaskError) and exc.__cause__ is not None else exc
-            return TaskResult(
+            outcome = TaskResult(
                 member_id,
                 False,
                 original,
@@ -370,6 +375,9 @@ class WorkflowEngine:
                 time.perf_counter() - started,
                 stamp,
             )
+            failed_task = getattr(exc, "task_id", None)
+            outcome.metadata["failed_task"] = failed_task if failed_task in ctx.graph._nodes else member_id
+            return outcome
         outcome = TaskResult(member_id, True, None, None, time.perf_counter() - started, stamp, result)
         if checkpoints:
             outcome.metadata["write_checkpoints"] = lambda: [
@@ -386,10 +394,15 @@ class WorkflowEngine:
         )
 
 
+def _graph_refs(ctx: ExecutionContext) -> tuple[Any, dict[str, Any], dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+    graph = ctx.graph
+    return graph, graph._nodes, graph._succ, graph._pred, graph.owner_of
+
+
 def _join_plan(ctx: ExecutionContext) -> tuple[dict[str, frozenset[str]], set[tuple[str, str]]]:
     """Required predecessors of every join node and the back edges, cached per graph version."""
     graph = ctx.graph
-    key = (graph.version, len(ctx.extra_roots))
+    key = (id(graph), graph.version, len(ctx.extra_roots))
     cached = getattr(ctx, "_join_cache", None)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]

@@ -81,6 +81,16 @@ class TaskGraph:
                 self.owner_of[member] = new_task_id
         self.version += 1
 
+    def copy(self) -> TaskGraph:
+        """A graph with the same nodes and edges that can change without touching this one."""
+        other = TaskGraph(self.name)
+        other._nodes = dict(self._nodes)
+        other._succ = {k: list(v) for k, v in self._succ.items()}
+        other._pred = {k: list(v) for k, v in self._pred.items()}
+        other.owner_of = dict(self.owner_of)
+        other.version = self.version
+        return other
+
     def clear(self) -> None:
         self._nodes.clear()
         self._succ.clear()

@@ -626,9 +626,9 @@ class ParallelGroup(Executable):
             resolved = resolve_group_policy(policy, **kwargs)
             resolved.validate(self._task_id, self.member_ids)
         except ConfigError as exc:
-            if self._task_id in str(exc):
-                raise
-            raise type(exc)(f"Parallel group '{self._task_id}': {exc}") from exc
+            if self._task_id not in str(exc):
+                exc.args = (f"Parallel group '{self._task_id}': {exc}",)
+            raise
         self._execution_config["policy"] = resolved
         return self
 
