@@ -62,7 +62,9 @@ def clean_apac(ctx: TaskExecutionContext, extract: dict[str, list[float | None]]
 
 
 @task(inject_context=True)
-def merge(ctx: TaskExecutionContext, clean_eu: list[float], clean_us: list[float], clean_apac: list[float]) -> list[float]:
+def merge(
+    ctx: TaskExecutionContext, clean_eu: list[float], clean_us: list[float], clean_apac: list[float]
+) -> list[float]:
     values = [*clean_eu, *clean_us, *clean_apac]
     outliers = [v for v in values if v > 100]
     if outliers:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from graflow_testkit.handlers import TaskHandlerConformance
-from graflow_testkit.policies import GroupPolicyConformance
 
 from graflow.core.handlers.direct import DirectTaskHandler
 from graflow.core.handlers.group_policy import (
@@ -13,6 +11,8 @@ from graflow.core.handlers.group_policy import (
     CriticalGroupPolicy,
     StrictGroupPolicy,
 )
+from graflow_testkit.handlers import TaskHandlerConformance
+from graflow_testkit.policies import GroupPolicyConformance
 
 
 class TestDirectHandlerConformance(TaskHandlerConformance):

@@ -122,7 +122,7 @@ class _Registry:
             try:
                 plugin = ep.load()
                 self.manager.register(plugin, name=ep.name)
-            except Exception as exc:  # a broken plugin must not break Graflow
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break Graflow
                 logger.warning("graflow plugin %r from %s failed to load: %s", ep.name, dist_name, exc)
                 self._failed[ep.name] = (dist_name, f"{type(exc).__name__}: {exc}")
                 continue
@@ -233,9 +233,8 @@ class _Registry:
             failed_here = [b for b in broken if package in b]
             if failed_here:
                 hint = (
-                f"It is provided by the {package} package, which is installed but failed to load: "
-                f"{failed_here[0]}."
-            )
+                    f"It is provided by the {package} package, which is installed but failed to load: {failed_here[0]}."
+                )
             elif package in os.environ.get("GRAFLOW_DISABLE_PLUGINS", ""):
                 hint = f"It is provided by the {package} package, which GRAFLOW_DISABLE_PLUGINS blocks."
             else:

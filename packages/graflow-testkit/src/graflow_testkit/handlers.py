@@ -32,9 +32,9 @@ import pytest
 
 from graflow.core.context import ExecutionContext, TaskExecutionContext
 from graflow.core.decorators import task
-from graflow.core.task import chain
 from graflow.core.engine import WorkflowEngine
 from graflow.core.handler import TaskHandler
+from graflow.core.task import chain
 from graflow.core.workflow import workflow
 from graflow.exceptions import GraflowWorkflowCanceledError, TaskError
 

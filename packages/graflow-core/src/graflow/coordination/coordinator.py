@@ -103,9 +103,7 @@ def check_kwargs(cls: type, kwargs: dict[str, Any], what: str, where: str) -> No
     valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(k for k in kwargs if k not in valid)
     if unknown:
-        raise ConfigError(
-            f"Unknown {where} key(s) {unknown} for the {what}. Valid keys: {', '.join(valid) or 'none'}"
-        )
+        raise ConfigError(f"Unknown {where} key(s) {unknown} for the {what}. Valid keys: {', '.join(valid) or 'none'}")
 
 
 def close_all() -> None:

@@ -28,7 +28,9 @@ class ThreadingCoordinator(Coordinator):
         if thread_count is None:
             thread_count = min(32, (os.cpu_count() or 1) + 4)
         if not isinstance(thread_count, int) or thread_count < 1:
-            raise ConfigError(f"threading backend_config thread_count must be a whole number >= 1, got {thread_count!r}")
+            raise ConfigError(
+                f"threading backend_config thread_count must be a whole number >= 1, got {thread_count!r}"
+            )
         self.thread_count = thread_count
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()

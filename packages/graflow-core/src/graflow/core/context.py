@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from graflow.core.cycle import CycleController

@@ -365,7 +365,7 @@ class WorkflowEngine:
         checkpoints: list[tuple[str, dict[str, Any]]] = []
         try:
             result = self._drive(ctx, deque([member_id]), group.task_id, {}, checkpoints)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a member's failure is data for the group's policy
             original = exc.__cause__ if isinstance(exc, TaskError) and exc.__cause__ is not None else exc
             outcome = TaskResult(
                 member_id,
@@ -394,7 +394,9 @@ class WorkflowEngine:
         )
 
 
-def _graph_refs(ctx: ExecutionContext) -> tuple[Any, dict[str, Any], dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+def _graph_refs(
+    ctx: ExecutionContext,
+) -> tuple[Any, dict[str, Any], dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
     graph = ctx.graph
     return graph, graph._nodes, graph._succ, graph._pred, graph.owner_of
 

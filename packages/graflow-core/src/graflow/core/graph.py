@@ -159,7 +159,7 @@ class TaskGraph:
                     continue
                 mark = state.get(nxt)
                 if mark == 1:
-                    cycles.append(stack[stack.index(nxt):] + [nxt])
+                    cycles.append([*stack[stack.index(nxt) :], nxt])
                 elif mark is None:
                     state[nxt] = 1
                     stack.append(nxt)

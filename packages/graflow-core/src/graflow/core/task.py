@@ -482,7 +482,7 @@ def _await(awaitable: Any) -> Any:
     def target() -> None:
         try:
             box["value"] = asyncio.run(runner())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises it
             box["error"] = exc
 
     t = threading.Thread(target=target, name="graflow-async-task")

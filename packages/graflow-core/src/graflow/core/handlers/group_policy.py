@@ -126,7 +126,9 @@ class CriticalGroupPolicy(GroupExecutionPolicy):
     name = "critical_tasks"
     aliases: ClassVar[tuple[str, ...]] = ("critical",)
 
-    def __init__(self, task_ids: Iterable[str] | None = None, *, critical_task_ids: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, task_ids: Iterable[str] | None = None, *, critical_task_ids: Iterable[str] | None = None
+    ) -> None:
         ids = task_ids if task_ids is not None else critical_task_ids
         if ids is None or isinstance(ids, str):
             raise ConfigError(
