@@ -55,3 +55,10 @@ def graflow_register_checkpoint_stores() -> list[type]:
 
     local = getattr(checkpoint_store, "LocalFileCheckpointStore", None)
     return [local] if local is not None else []
+
+
+@hookimpl
+def graflow_register_commands() -> list[type]:
+    from graflow.cli.checkpoints_cmd import CheckpointsCommand
+
+    return [CheckpointsCommand]

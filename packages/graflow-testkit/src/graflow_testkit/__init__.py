@@ -2,7 +2,14 @@
 
 from graflow_testkit.__about__ import __version__
 from graflow_testkit.channels import ChannelConformance
+from graflow_testkit.checkpoint_stores import CheckpointStoreConformance
 from graflow_testkit.handlers import TaskHandlerConformance
 from graflow_testkit.policies import GroupPolicyConformance
 
-__all__ = ["ChannelConformance", "GroupPolicyConformance", "TaskHandlerConformance", "__version__"]
+__all__ = [
+    "ChannelConformance",
+    "CheckpointStoreConformance",
+    "GroupPolicyConformance",
+    "TaskHandlerConformance",
+    "__version__",
+]

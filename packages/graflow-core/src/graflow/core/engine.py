@@ -270,11 +270,13 @@ class WorkflowEngine:
                     append(tid)
                     skip = True
                 if tctx.terminate_message is not None:
+                    if tctx.checkpoint_request is not None and scope is None and not skip:
+                        # checkpoint + terminate = "pause here": the checkpoint keeps the successors queued
+                        queue.extend(s for s in succ[tid] if s not in owner_of)
+                        self._deferred_checkpoint(ctx, tid, tctx.checkpoint_request)
                     ctx.terminate_result = result
                     ctx.terminated = tctx.terminate_message
                     queue.clear()
-                    if tctx.checkpoint_request is not None:
-                        self._deferred_checkpoint(ctx, tid, tctx.checkpoint_request)
                     break
                 skip = skip or tctx.skip_successors
 

@@ -463,7 +463,26 @@ class TaskWrapper(Executable):
 
 
 def _rebuild_task_wrapper(task_id: str, func: Callable[..., Any], options: dict[str, Any]) -> TaskWrapper:
-    return TaskWrapper(task_id, func, register_to_context=False, **options)
+    """Unpickling path (checkpoints, remote handlers): the options were validated when first built."""
+    wrapper = TaskWrapper.__new__(TaskWrapper)
+    wrapper._graph = None
+    wrapper._pending_edges = []
+    wrapper._task_id = task_id
+    wrapper.result_key = task_id + ".__result__"
+    wrapper.func = func
+    bound = options.pop("bound_kwargs", None) or {}
+    options["handler_type"] = options.get("handler_type")
+    for key, value in options.items():
+        setattr(wrapper, key, value)
+    wrapper._bound_kwargs = dict(bound)
+    wrapper.is_async = _is_coroutine_function(func)
+    wrapper._plans = {}
+    wrapper._simple = False
+    wrapper.__name__ = getattr(func, "__name__", task_id)
+    wrapper.__qualname__ = getattr(func, "__qualname__", task_id)
+    wrapper.__doc__ = getattr(func, "__doc__", None)
+    wrapper.__wrapped__ = func
+    return wrapper
 
 
 def _await(awaitable: Any) -> Any:

@@ -1,0 +1,340 @@
+"""Resume continues exactly where the run stopped.
+
+Each scenario runs the same workflow twice: once uninterrupted, once interrupted by a task that
+fails the first time it runs after a checkpoint was taken, then resumed from that checkpoint. The
+sequence of executed tasks (recorded in the channel, so the checkpoint carries the part before the
+interruption) and the final channel must match. Task functions live at module level so they pickle
+by reference and share the ``CRASH`` switch with the test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graflow.core.checkpoint import CheckpointManager
+from graflow.core.context import ExecutionContext, TaskExecutionContext
+from graflow.core.engine import WorkflowEngine
+from graflow.core.task import TaskWrapper
+from graflow.core.workflow import workflow
+from graflow.exceptions import GraflowError
+
+#: task ids that raise once (the interruption), consumed when they fire
+CRASH: set[str] = set()
+#: every execution in this process, for checks the channel cannot make (it is restored on resume)
+RAN: list[str] = []
+
+
+def _crash_if_armed(ctx: TaskExecutionContext) -> None:
+    if ctx.task_id in CRASH:
+        CRASH.discard(ctx.task_id)
+        raise RuntimeError(f"simulated crash in {ctx.task_id}")
+
+
+def _record(ctx: TaskExecutionContext, entry: Any = None) -> None:
+    RAN.append(ctx.task_id)
+    ctx.get_channel().append("ran", ctx.task_id if entry is None else entry)
+
+
+def plain(ctx: TaskExecutionContext) -> str:
+    _crash_if_armed(ctx)
+    _record(ctx)
+    return ctx.task_id.upper()
+
+
+def checkpointing(ctx: TaskExecutionContext) -> str:
+    _crash_if_armed(ctx)
+    _record(ctx)
+    ctx.checkpoint(metadata={"at": ctx.task_id}, path=ctx.get_channel().get("ckpt_dir") + "/" + ctx.task_id)
+    return ctx.task_id.upper()
+
+
+def immediate(ctx: TaskExecutionContext) -> str:
+    path, _meta = ctx.checkpoint(path=ctx.get_channel().get("ckpt_dir") + "/" + ctx.task_id, deferred=False)
+    ctx.get_channel().set("immediate_path", path)
+    _crash_if_armed(ctx)  # crashes after the checkpoint: resuming must run this task again
+    _record(ctx)
+    return ctx.task_id.upper()
+
+
+def looping(ctx: TaskExecutionContext, data: Any = None) -> int:
+    channel = ctx.get_channel()
+    count = channel.get("count", 0)
+    if count == 3:
+        _crash_if_armed(ctx)
+    count = channel.atomic_add("count", 1)
+    _record(ctx, f"loop{count}:{data}")
+    if count == 2:
+        ctx.checkpoint(path=channel.get("ckpt_dir") + "/loop")
+    if count < 6:
+        ctx.next_iteration(data=count * 10)
+    return count
+
+
+def spawner(ctx: TaskExecutionContext) -> str:
+    _record(ctx)
+    ctx.next_task(TaskWrapper("dyn1", plain, inject_context=True, register_to_context=False))
+    ctx.next_task(TaskWrapper("dyn2", spawned_chain, inject_context=True, register_to_context=False))
+    ctx.checkpoint(path=ctx.get_channel().get("ckpt_dir") + "/spawn")
+    return "spawned"
+
+
+def spawned_chain(ctx: TaskExecutionContext) -> str:
+    _crash_if_armed(ctx)
+    _record(ctx)
+    ctx.next_task(TaskWrapper("dyn3", plain, inject_context=True, register_to_context=False))
+    return "dyn2"
+
+
+def jumper(ctx: TaskExecutionContext) -> str:
+    _record(ctx)
+    ctx.checkpoint(path=ctx.get_channel().get("ckpt_dir") + "/goto")
+    ctx.next_task(ctx.graph.get_node("d"), goto=True)
+    return "jumped"
+
+
+def waits_for_checkpoint(ctx: TaskExecutionContext) -> str:
+    """A parallel member that starts its work only once a sibling's checkpoint exists."""
+    deadline = time.monotonic() + 10
+    while ctx.execution_context.last_checkpoint_path is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return plain(ctx)
+
+
+def t(task_id: str, func: Any = plain) -> TaskWrapper:
+    return TaskWrapper(task_id, func, inject_context=True)
+
+
+def channel_values(ctx: ExecutionContext) -> dict[str, Any]:
+    return {k: v["value"] for k, v in ctx.channel.snapshot().items() if k not in ("ckpt_dir", "immediate_path")}
+
+
+def run(build: Any, tmp: Path, crash: set[str] = frozenset(), checkpoint: str | None = None) -> ExecutionContext:
+    """Run ``build()``'s workflow; with ``crash``, interrupt it and resume from ``checkpoint`` (or the last one)."""
+    CRASH.clear()
+    CRASH.update(crash)
+    graph = build()
+    ctx = ExecutionContext.create(graph, max_steps=200)
+    ctx.channel.set("ckpt_dir", str(tmp))
+    if not crash:
+        WorkflowEngine().execute(ctx)
+        return ctx
+    with pytest.raises(GraflowError, match="simulated crash"):
+        WorkflowEngine().execute(ctx)
+    assert not CRASH, "the interruption did not happen"
+    path = str(tmp / checkpoint) if checkpoint else ctx.last_checkpoint_path
+    assert path is not None
+    resumed, _ = CheckpointManager.resume_from_checkpoint(path)
+    resumed.result = WorkflowEngine().execute(resumed)  # type: ignore[attr-defined]
+    return resumed
+
+
+def assert_same_run(reference: ExecutionContext, resumed: ExecutionContext) -> None:
+    assert resumed.channel.get("ran") == reference.channel.get("ran")
+    assert channel_values(resumed) == channel_values(reference)
+    assert resumed.completed_tasks == reference.completed_tasks
+    assert resumed.cycle_counts == reference.cycle_counts
+    assert resumed.steps == reference.steps
+
+
+# -- linear ------------------------------------------------------------------------------------------------
+def build_linear() -> Any:
+    with workflow("linear") as wf:
+        t("a") >> t("b", checkpointing) >> t("c") >> t("d") >> t("e")
+    return wf.graph
+
+
+def test_linear_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    reference = run(build_linear, tmp_path / "ref")
+    assert reference.channel.get("ran") == ["a", "b", "c", "d", "e"]
+    RAN.clear()
+    resumed = run(build_linear, tmp_path / "int", crash={"d"})
+    assert_same_run(reference, resumed)
+    # a and b ran once in all (before the crash); c ran once before and not again; d, e after resume
+    assert RAN == ["a", "b", "c", "c", "d", "e"] or RAN == ["a", "b", "c", "d", "e"]
+    assert RAN.count("a") == 1 and RAN.count("b") == 1
+
+
+def test_linear_resume_does_not_rerun_completed(tmp_path: Path) -> None:
+    run(build_linear, tmp_path / "int", crash={"c"})  # crash right after b's checkpoint
+    RAN.clear()
+    CRASH.clear()
+    resumed, meta = CheckpointManager.resume_from_checkpoint(str(tmp_path / "int" / "b"))
+    assert meta.user_metadata == {"at": "b", "task_id": "b", "cycle_count": 1, "mode": "deferred"}
+    assert resumed.task_queue.to_list() == ["c"]
+    assert resumed.completed_tasks == {"a", "b"}
+    WorkflowEngine().execute(resumed)
+    assert RAN == ["c", "d", "e"]
+
+
+def build_immediate() -> Any:
+    with workflow("immediate") as wf:
+        t("a") >> t("b", immediate) >> t("c")
+    return wf.graph
+
+
+def test_immediate_checkpoint_reruns_current_task(tmp_path: Path) -> None:
+    reference = run(build_immediate, tmp_path / "ref")
+    assert reference.cycle_counts == {"a": 1, "b": 1, "c": 1}
+    RAN.clear()
+    resumed = run(build_immediate, tmp_path / "int", crash={"b"})
+    assert resumed.checkpoint_metadata["user_metadata"]["mode"] == "immediate"
+    assert RAN == ["a", "b", "c"]  # b crashed before recording, then ran again after resume
+    assert_same_run(reference, resumed)
+
+
+def test_immediate_checkpoint_returns_path_and_metadata(tmp_path: Path) -> None:
+    ctx = run(build_immediate, tmp_path)
+    path = ctx.channel.get("immediate_path")
+    assert path == str(tmp_path / "b") + ".pkl"
+    restored, meta = CheckpointManager.resume_from_checkpoint(path)
+    assert restored.task_queue.to_list() == ["b"]
+    assert restored.cycle_counts == {"a": 1}
+    assert meta.user_metadata["task_id"] == "b"
+
+
+# -- loops ---------------------------------------------------------------------------------------------------
+def build_loop() -> Any:
+    with workflow("loop") as wf:
+        t("start") >> t("loop", looping) >> t("after")
+    return wf.graph
+
+
+def test_next_iteration_loop_resumes_with_counters_and_data(tmp_path: Path) -> None:
+    reference = run(build_loop, tmp_path / "ref")
+    assert reference.channel.get("ran") == [
+        "start", "loop1:None", "loop2:10", "loop3:20", "loop4:30", "loop5:40", "loop6:50", "after",
+    ]  # fmt: skip
+    resumed = run(build_loop, tmp_path / "int", crash={"loop"})
+    assert_same_run(reference, resumed)
+    assert resumed.cycle_counts["loop"] == 6
+
+
+# -- dynamic tasks -------------------------------------------------------------------------------------------
+def build_dynamic() -> Any:
+    with workflow("dynamic") as wf:
+        t("root") >> t("spawn", spawner) >> t("tail")
+    return wf.graph
+
+
+def test_dynamic_tasks_survive_resume(tmp_path: Path) -> None:
+    reference = run(build_dynamic, tmp_path / "ref")
+    assert set(reference.channel.get("ran")) == {"root", "spawn", "dyn1", "dyn2", "dyn3", "tail"}
+    resumed = run(build_dynamic, tmp_path / "int", crash={"dyn2"})
+    assert_same_run(reference, resumed)
+    assert {"dyn1", "dyn2", "dyn3"} <= set(resumed.graph.nodes)
+
+
+def test_dynamic_pending_tasks_are_in_the_checkpoint(tmp_path: Path) -> None:
+    run(build_dynamic, tmp_path, crash={"dyn1"})
+    restored, _ = CheckpointManager.resume_from_checkpoint(str(tmp_path / "spawn"))
+    pending = restored.task_queue.to_list()
+    assert {"dyn1", "dyn2", "tail"} == set(pending)
+    assert restored.graph.has_node("dyn1") and restored.graph.has_node("dyn2")
+    state = CheckpointManager.read_state(str(tmp_path / "spawn"))
+    assert state["pending_tasks"] == pending
+
+
+# -- goto ----------------------------------------------------------------------------------------------------
+def build_goto() -> Any:
+    with workflow("goto") as wf:
+        t("a") >> t("b", jumper) >> t("c") >> t("d") >> t("e")
+    return wf.graph
+
+
+def test_goto_resume_skips_the_jumped_over_tasks(tmp_path: Path) -> None:
+    reference = run(build_goto, tmp_path / "ref")
+    assert reference.channel.get("ran") == ["a", "b", "d", "e"]
+    resumed = run(build_goto, tmp_path / "int", crash={"d"})
+    assert_same_run(reference, resumed)
+
+
+# -- parallel groups -----------------------------------------------------------------------------------------
+def build_group_direct() -> Any:
+    with workflow("group-direct") as wf:
+        group = (t("m1", checkpointing) | (t("m2a") >> t("m2b")) | t("m3")).with_execution(backend="direct")
+        t("start") >> group >> t("end")
+    return wf.graph
+
+
+def test_group_checkpoint_in_member_resumes_whole_workflow(tmp_path: Path) -> None:
+    reference = run(build_group_direct, tmp_path / "ref")
+    assert sorted(reference.channel.get("ran")) == ["end", "m1", "m2a", "m2b", "m3", "start"]
+    RAN.clear()
+    resumed = run(build_group_direct, tmp_path / "int", crash={"m3"})
+    assert RAN.count("m1") == 1, "a member that finished before the checkpoint ran again"
+    assert RAN.count("start") == 1
+    assert sorted(resumed.channel.get("ran")) == sorted(reference.channel.get("ran"))
+    assert channel_values(resumed) == channel_values(reference)
+    assert resumed.cycle_counts == reference.cycle_counts
+    assert resumed.group_progress == {}
+
+
+def test_group_checkpoint_records_progress(tmp_path: Path) -> None:
+    run(build_group_direct, tmp_path, crash={"m2a"})
+    restored, meta = CheckpointManager.resume_from_checkpoint(str(tmp_path / "m1"))
+    group_id = next(g for g in restored.graph.nodes if g not in {"start", "end", "m1", "m2a", "m2b", "m3"})
+    assert restored.task_queue.to_list()[0] == group_id
+    assert list(restored.group_progress[group_id]) == ["m1"]
+    assert restored.cycle_counts[group_id] == 0 if group_id in restored.cycle_counts else True
+    state = CheckpointManager.read_state(str(tmp_path / "m1"))
+    assert state["active_groups"] == [group_id]
+    assert state["group_progress"] == {group_id: ["m1"]}
+    assert meta.user_metadata["task_id"] == "m1"
+
+
+def build_group_threads() -> Any:
+    with workflow("group-threads") as wf:
+        group = t("p1", checkpointing) | t("p2", waits_for_checkpoint) | t("p3", waits_for_checkpoint)
+        t("start") >> group >> t("end")
+    return wf.graph
+
+
+def test_threaded_group_checkpoint_while_siblings_run(tmp_path: Path) -> None:
+    reference = run(build_group_threads, tmp_path / "ref")
+    RAN.clear()
+    resumed = run(build_group_threads, tmp_path / "int", crash={"p3"})
+    assert RAN.count("p1") == 1, "the member that finished before the checkpoint ran again"
+    assert sorted(resumed.channel.get("ran")) == sorted(reference.channel.get("ran"))  # threads: any order
+    without_ran = [{k: v for k, v in channel_values(c).items() if k != "ran"} for c in (resumed, reference)]
+    assert without_ran[0] == without_ran[1]
+    # p2 and p3 were in flight at the checkpoint (started, so counted, but unfinished): they run again
+    # and their visit counts twice; everything else counts exactly as in the uninterrupted run.
+    in_flight = {"p2", "p3"}
+    assert {k: v for k, v in resumed.cycle_counts.items() if k not in in_flight} == {
+        k: v for k, v in reference.cycle_counts.items() if k not in in_flight
+    }
+    assert all(1 <= resumed.cycle_counts[k] <= 2 for k in in_flight)
+
+
+def test_checkpoint_under_concurrent_writers_is_consistent(tmp_path: Path) -> None:
+    """Checkpoints taken while other threads mutate the run state load and hold consistent copies."""
+    ctx = ExecutionContext.create(build_linear(), max_steps=10)
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set() and i < 50_000:
+            # the engine's order: count the visit, run, then mark completed
+            ctx.cycle_counts[f"x{i}"] = 1
+            ctx.channel.append("log", i)
+            ctx.completed_tasks.add(f"x{i}")
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for i in range(20):
+            CheckpointManager.create_checkpoint(ctx, path=str(tmp_path / f"c{i}"))
+    finally:
+        stop.set()
+        worker.join()
+    for meta in CheckpointManager.list_checkpoints(str(tmp_path)):
+        restored, _ = CheckpointManager.resume_from_checkpoint(meta.path)
+        # copies are taken in a fixed order (completed before counters), each one whole
+        assert restored.completed_tasks <= set(restored.cycle_counts)
+        assert restored.task_queue.to_list() == ["a"]
