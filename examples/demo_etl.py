@@ -14,6 +14,7 @@ Run it with ``hatch run demo:run`` (or ``python examples/demo_etl.py``).
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -126,8 +127,6 @@ def main() -> int:
     try:
         with workflow("etl-demo") as wf:
             (extract >> (clean_eu | clean_us | clean_apac).set_group_name("clean") >> merge >> enrich >> refine >> load)
-            import os
-
             cwd = os.getcwd()
             os.chdir(checkpoint_dir)  # checkpoints/<session>/... lands in a scratch folder
             try:
@@ -148,7 +147,7 @@ def main() -> int:
     print(f"rows cleaned (shared channel, atomic_add): {channel.get('rows_cleaned')}")
     print(f"quarantined outliers (dynamic task):      {ctx.get_result('quarantine')}")
     print(f"refine iterations (next_iteration loop):  {ctx.cycle_counts.get('refine')}")
-    print(f"checkpoint written:                       {ctx.last_checkpoint_path}")
+    print(f"checkpoint written:                       {os.path.join(checkpoint_dir, ctx.last_checkpoint_path)}")
     print(f"result:                                   {result}")
     print(f"steps: {ctx.steps}, time: {elapsed * 1000:.1f} ms")
     return 0
