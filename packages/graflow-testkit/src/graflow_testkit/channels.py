@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 import pytest
 
 from graflow.channels.base import SNAPSHOT_TTL, SNAPSHOT_VALUE, Channel
+from graflow_testkit.expected_failures import ExpectedFailures
 
 
 @dataclass
@@ -130,11 +131,9 @@ def assert_same(actual: Any, expected: Any, path: str = "value") -> None:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
-class ChannelConformance:
+class ChannelConformance(ExpectedFailures):
     """Tests every method of :class:`graflow.channels.base.Channel`; subclass it and add ``make_channel``."""
 
-    #: Test name -> reason, for tests the backend is known to fail (run as strict xfail).
-    xfail_tests: ClassVar[dict[str, str]] = {}
     #: Whether the backend implements ttl expiry.
     supports_ttl: ClassVar[bool] = True
     #: Whether the channel may be used from several threads at once (contention tests).
@@ -152,19 +151,6 @@ class ChannelConformance:
             f"{type(self).__name__} must define a 'make_channel' fixture returning a fresh, empty channel"
         )
 
-    @pytest.fixture(autouse=True)
-    def _conformance_xfail(self, request: pytest.FixtureRequest) -> None:
-        """Mark the tests listed in ``xfail_tests`` as strict xfails (and catch misspelt names)."""
-        unknown = [name for name in self.xfail_tests if not callable(getattr(type(self), name, None))]
-        if unknown:
-            raise AssertionError(
-                f"{type(self).__name__}.xfail_tests names tests that do not exist: {', '.join(sorted(unknown))}"
-            )
-        node = request.node
-        test_name = getattr(node, "originalname", None) or node.name
-        reason = self.xfail_tests.get(test_name)
-        if reason is not None:
-            node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
     @pytest.fixture
     def channel_factory(self, make_channel: Any) -> Iterator[Callable[..., Channel] | None]:

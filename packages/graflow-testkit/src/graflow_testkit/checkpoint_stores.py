@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from graflow.checkpoint_store import PARTS, CheckpointStore
 from graflow.core.checkpoint import CheckpointManager
 from graflow.exceptions import CheckpointError
+from graflow_testkit.expected_failures import ExpectedFailures
 
 PKL, STATE, META = PARTS
 
@@ -68,16 +69,10 @@ def _build_workflow(name: str) -> Any:
     return wf
 
 
-class CheckpointStoreConformance:
+class CheckpointStoreConformance(ExpectedFailures):
     """Tests every :class:`~graflow.checkpoint_store.CheckpointStore` must pass."""
 
-    xfail_tests: ClassVar[dict[str, str]] = {}
 
-    @pytest.fixture(autouse=True)
-    def _apply_expected_failures(self, request: pytest.FixtureRequest) -> None:
-        reason = self.xfail_tests.get(request.node.originalname or request.node.name)
-        if reason is not None:
-            request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
     @pytest.fixture
     def store(self) -> CheckpointStore:

@@ -26,7 +26,7 @@ remote hosts) can pickle them with cloudpickle.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -37,6 +37,7 @@ from graflow.core.handler import TaskHandler
 from graflow.core.task import chain
 from graflow.core.workflow import workflow
 from graflow.exceptions import GraflowWorkflowCanceledError, TaskError
+from graflow_testkit.expected_failures import ExpectedFailures
 
 NAME = "conformance"
 
@@ -54,16 +55,10 @@ def _run(handler: TaskHandler, wf: Any, **inputs: Any) -> tuple[Any, ExecutionCo
     return engine.execute(context), context
 
 
-class TaskHandlerConformance:
+class TaskHandlerConformance(ExpectedFailures):
     """Subclass and provide a ``handler`` fixture (a :class:`TaskHandler` instance)."""
 
-    xfail_tests: ClassVar[dict[str, str]] = {}
 
-    @pytest.fixture(autouse=True)
-    def _graflow_expected_failures(self, request: pytest.FixtureRequest) -> None:
-        reason = self.xfail_tests.get(request.node.originalname or request.node.name)
-        if reason:
-            request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
     def test_is_a_task_handler(self, handler: TaskHandler) -> None:
         assert isinstance(handler, TaskHandler)

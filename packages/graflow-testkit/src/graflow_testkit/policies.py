@@ -27,6 +27,7 @@ from graflow.core.handlers.group_policy import GroupExecutionPolicy
 from graflow.core.task import ParallelGroup
 from graflow.core.workflow import workflow
 from graflow.exceptions import ParallelGroupError
+from graflow_testkit.expected_failures import ExpectedFailures
 
 
 class MemberFailure(Exception):
@@ -65,18 +66,12 @@ def _group_workflow(outcome: tuple[bool, ...], policy: GroupExecutionPolicy, bac
     return wf
 
 
-class GroupPolicyConformance:
+class GroupPolicyConformance(ExpectedFailures):
     """Subclass; provide a ``policy`` fixture and the ``accepts`` / ``rejects`` outcome lists."""
 
     accepts: ClassVar[list[tuple[bool, ...]]] = []
     rejects: ClassVar[list[tuple[bool, ...]]] = []
-    xfail_tests: ClassVar[dict[str, str]] = {}
 
-    @pytest.fixture(autouse=True)
-    def _graflow_expected_failures(self, request: pytest.FixtureRequest) -> None:
-        reason = self.xfail_tests.get(request.node.originalname or request.node.name)
-        if reason:
-            request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
     def test_is_a_group_policy(self, policy: GroupExecutionPolicy) -> None:
         assert isinstance(policy, GroupExecutionPolicy)
