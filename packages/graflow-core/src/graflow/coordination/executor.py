@@ -52,10 +52,14 @@ class GroupExecutor:
 
         def run_and_record(member_id: str) -> TaskResult:
             outcome = run_member(member_id)
-            write_checkpoints = outcome.metadata.pop("write_checkpoints", None)
+            requests = outcome.metadata.pop("checkpoint_requests", ())
             progress[member_id] = outcome
-            if write_checkpoints is not None:
-                write_checkpoints()
+            if requests:
+                # written only now, so the checkpoint already counts this member as finished
+                from graflow.core.checkpoint import write_deferred_checkpoint
+
+                for task_id, request in requests:
+                    write_deferred_checkpoint(context, task_id, request)
             return outcome
 
         name, backend_config = self.coordinator_for(group, context)

@@ -591,6 +591,13 @@ class CheckpointManager:
         store_for(base).delete(base)
 
 
+def write_deferred_checkpoint(ctx: ExecutionContext, task_id: str, request: dict[str, Any]) -> None:
+    """Carry out a ``context.checkpoint(...)`` request once its task (or its group member) finished."""
+    CheckpointManager.create_checkpoint(
+        ctx, path=request.get("path"), metadata=request.get("metadata"), _current_task=task_id, _mode="deferred"
+    )
+
+
 def _undo_visit(cycles: dict[str, int], task_id: str) -> None:
     """Take back the cycle count the engine added when it started ``task_id``, which the resume repeats."""
     count = cycles.get(task_id, 0) - 1

@@ -444,9 +444,4 @@ def create_execution_context(
     return ExecutionContext.create(graph, start_node, max_steps=max_steps, **options)
 
 
-def set_current_task(task_id: str | None) -> None:
-    _local.task_id = task_id
-    _local.task_ctx = None
-
-
 __all__ = ["ExecutionContext", "TaskExecutionContext", "create_execution_context"]

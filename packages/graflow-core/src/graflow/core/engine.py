@@ -80,18 +80,17 @@ class WorkflowEngine:
         try:
             key = (cls, _freeze(kwargs))
         except TypeError:
-            return self._make_handler(name, kwargs, task)
+            return self._make_handler(cls, name, kwargs, task)
         handler = _shared_handlers.get(key)
         if handler is None:
-            handler = self._make_handler(name, kwargs, task)
+            handler = self._make_handler(cls, name, kwargs, task)
             _shared_handlers[key] = handler
         return handler
 
     @staticmethod
-    def _make_handler(name: str, kwargs: dict[str, Any], task: Executable) -> TaskHandler:
+    def _make_handler(cls: type, name: str, kwargs: dict[str, Any], task: Executable) -> TaskHandler:
         from graflow.coordination.coordinator import check_kwargs
 
-        cls = plugins.get_task_handler_class(name)
         try:
             check_kwargs(cls, kwargs, f"'{name}' task handler (task '{task.task_id}')", "handler_kwargs")
             return cls(**kwargs)
@@ -218,7 +217,8 @@ class WorkflowEngine:
                     graph, nodes, succ, pred, owner_of = _graph_refs(ctx)
             else:
                 data = iteration_data.pop(tid, NO_DATA) if iteration_data else NO_DATA
-                if task.inject_context or not (direct_ok and task.handler_type in (None, "direct")):
+                inline = direct_ok and task.handler_type in (None, "direct")
+                if task.inject_context or not inline:
                     tctx = TaskExecutionContext(tid, ctx)
                     tctx.input_data = data
                 local.task_id = tid
@@ -227,7 +227,7 @@ class WorkflowEngine:
                     if observe:
                         plugins.emit("task.started", session_id=ctx.session_id, task_id=tid)
                     started = time.perf_counter() if (task.timeout or observe) else 0.0
-                    if tctx is None or (direct_ok and task.handler_type in (None, "direct")):
+                    if inline:
                         result = task.run_in(ctx, tctx, data)
                     else:
                         result = self.get_handler(task).execute_task(task, ctx)
@@ -353,9 +353,7 @@ class WorkflowEngine:
             return RetryLimitExceededError(tid, done + 1, exc)
         if isinstance(exc, GraflowError):
             return exc
-        err = TaskError(f"Task '{tid}' failed: {type(exc).__name__}: {exc}", tid)
-        err.original = exc  # type: ignore[attr-defined]
-        return err
+        return TaskError(f"Task '{tid}' failed: {type(exc).__name__}: {exc}", tid)
 
     # -- groups ---------------------------------------------------------------------------------------------
     def _run_member(self, ctx: ExecutionContext, group: ParallelGroup, member_id: str) -> TaskResult:
@@ -382,18 +380,14 @@ class WorkflowEngine:
             return outcome
         outcome = TaskResult(member_id, True, None, None, time.perf_counter() - started, stamp, result)
         if checkpoints:
-            outcome.metadata["write_checkpoints"] = lambda: [
-                self._deferred_checkpoint(ctx, tid, request) for tid, request in checkpoints
-            ]
+            outcome.metadata["checkpoint_requests"] = checkpoints
         return outcome
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _deferred_checkpoint(self, ctx: ExecutionContext, tid: str, request: dict[str, Any]) -> None:
-        from graflow.core.checkpoint import CheckpointManager
+        from graflow.core.checkpoint import write_deferred_checkpoint
 
-        CheckpointManager.create_checkpoint(
-            ctx, path=request.get("path"), metadata=request.get("metadata"), _current_task=tid, _mode="deferred"
-        )
+        write_deferred_checkpoint(ctx, tid, request)
 
 
 def _graph_refs(

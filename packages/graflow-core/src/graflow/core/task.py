@@ -317,9 +317,7 @@ class TaskWrapper(Executable):
                 f"Task '{task_id}': handler_kwargs {sorted(handler_kwargs)} given but the task runs on the 'direct' "
                 f"handler, which takes no settings. Did you forget handler='docker' (or another handler)?"
             )
-        self._task_id = task_id
-        self.result_key = task_id + ".__result__"
-        self.func = func
+        self._set_identity(task_id, func, bound_kwargs)
         self.inject_context = inject_context
         self.resolve_keyword_args = resolve_keyword_args
         self.handler_type = handler_type
@@ -329,6 +327,14 @@ class TaskWrapper(Executable):
         self.max_retries = retry_policy.max_retries if retry_policy is not None else max_retries
         self.timeout = timeout
         self.queue = queue
+        if register_to_context:
+            self._register()
+
+    def _set_identity(self, task_id: str, func: Callable[..., Any], bound_kwargs: dict[str, Any] | None) -> None:
+        """State derived from the id and the function (shared by construction and unpickling)."""
+        self._task_id = task_id
+        self.result_key = task_id + ".__result__"
+        self.func = func
         self._bound_kwargs: dict[str, Any] = dict(bound_kwargs or {})
         self.is_async = _is_coroutine_function(func)
         self._plans: dict[int, tuple[tuple[str, str, bool], ...]] = {}
@@ -337,8 +343,6 @@ class TaskWrapper(Executable):
         self.__qualname__ = getattr(func, "__qualname__", task_id)
         self.__doc__ = getattr(func, "__doc__", None)
         self.__wrapped__ = func
-        if register_to_context:
-            self._register()
 
     @property
     def task_id(self) -> str:
@@ -465,23 +469,10 @@ class TaskWrapper(Executable):
 def _rebuild_task_wrapper(task_id: str, func: Callable[..., Any], options: dict[str, Any]) -> TaskWrapper:
     """Unpickling path (checkpoints, remote handlers): the options were validated when first built."""
     wrapper = TaskWrapper.__new__(TaskWrapper)
-    wrapper._graph = None
-    wrapper._pending_edges = []
-    wrapper._task_id = task_id
-    wrapper.result_key = task_id + ".__result__"
-    wrapper.func = func
-    bound = options.pop("bound_kwargs", None) or {}
-    options["handler_type"] = options.get("handler_type")
+    Executable.__init__(wrapper)
+    wrapper._set_identity(task_id, func, options.pop("bound_kwargs", None))
     for key, value in options.items():
         setattr(wrapper, key, value)
-    wrapper._bound_kwargs = dict(bound)
-    wrapper.is_async = _is_coroutine_function(func)
-    wrapper._plans = {}
-    wrapper._simple = False
-    wrapper.__name__ = getattr(func, "__name__", task_id)
-    wrapper.__qualname__ = getattr(func, "__qualname__", task_id)
-    wrapper.__doc__ = getattr(func, "__doc__", None)
-    wrapper.__wrapped__ = func
     return wrapper
 
 
