@@ -11,8 +11,9 @@ from graflow.hookspecs import hookimpl
 @hookimpl
 def graflow_register_task_handlers() -> list[type]:
     from graflow.core.handlers.direct import DirectTaskHandler
+    from graflow.core.handlers.subprocess import SubprocessTaskHandler
 
-    return [DirectTaskHandler]
+    return [DirectTaskHandler, SubprocessTaskHandler]
 
 
 @hookimpl

@@ -386,6 +386,20 @@ class TaskWrapper(Executable):
         if self._simple and data is NO_DATA:
             result = self.func()
             return _await(result) if self.is_async else result
+        args, kwargs = self.call_arguments(context, task_context, data)
+        result = self.func(*args, **kwargs) if kwargs else self.func(*args)
+        if self.is_async:
+            result = _await(result)
+        return result
+
+    def call_arguments(
+        self, context: ExecutionContext, task_context: TaskExecutionContext | None = None, data: Any = NO_DATA
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The positional and keyword arguments the function gets (SPEC §4.3), without calling it.
+
+        With ``inject_context`` the task context is the first positional argument; remote handlers
+        replace it with their proxy.
+        """
         args: list[Any] = []
         skip = 0
         if self.inject_context:
@@ -403,15 +417,8 @@ class TaskWrapper(Executable):
         if skip == 0 and not plan and not self._bound_kwargs and not self.inject_context:
             self._simple = True
         if plan:
-            kwargs = self._resolve(plan, context)
-            result = self.func(*args, **kwargs)
-        elif self._bound_kwargs:
-            result = self.func(*args, **self._bound_kwargs)
-        else:
-            result = self.func(*args)
-        if self.is_async:
-            result = _await(result)
-        return result
+            return args, self._resolve(plan, context)
+        return args, self._bound_kwargs
 
     def _resolve(self, plan: tuple[tuple[str, str, bool], ...], context: ExecutionContext) -> dict[str, Any]:
         bound = self._bound_kwargs

@@ -1,0 +1,132 @@
+"""The runner bundle: everything a remote Python needs to run a task, in one zip file.
+
+The bundle holds a small bootstrap (``__main__.py``), the pure-Python ``graflow`` package and the
+``cloudpickle`` and ``pluggy`` packages this host uses, so the remote side needs nothing but a
+``python3``: no network, no pip. ``python3 <bundle>`` runs it (Python executes zip files with a
+``__main__.py``). The archive is built deterministically (sorted entries, fixed timestamps), so its
+sha256 ``digest`` names its content: a remote host or container that already has a file of that
+name has this exact runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+# The bootstrap is deliberately written for any Python 3 (no f-strings, no annotations): it must be
+# able to report the remote interpreter's version even when that version is too old to import
+# graflow, so the host can refuse with a clear message instead of a SyntaxError.
+_BOOTSTRAP = """\
+import json
+import os
+import struct
+import sys
+
+
+def _main():
+    proto_out = os.fdopen(os.dup(1), "wb", 0)
+    proto_in = os.fdopen(os.dup(0), "rb", 0)
+    # The task's own prints go to stderr, which the host streams to its log; stdin is closed to it.
+    os.dup2(2, 1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except Exception:
+        pass
+    try:
+        import cloudpickle
+        cloudpickle_version = cloudpickle.__version__
+    except Exception as exc:
+        cloudpickle_version = "unavailable (%s)" % (exc,)
+    hello = {
+        "python": list(sys.version_info[:3]),
+        "implementation": sys.implementation.name,
+        "cloudpickle": cloudpickle_version,
+        "pid": os.getpid(),
+        "executable": sys.executable,
+    }
+    override = os.environ.get("GRAFLOW_RUNNER_HELLO_OVERRIDE")
+    if override:
+        hello.update(json.loads(override))
+    body = json.dumps(hello).encode("utf-8")
+    proto_out.write(struct.pack(">Ic", len(body), b"H") + body)
+    if tuple(sys.version_info[:2]) < (3, 10):
+        proto_in.read(1)
+        return 3
+    from graflow.remote.runner import serve
+    return serve(proto_in, proto_out)
+
+
+sys.exit(_main())
+"""
+
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class RunnerBundle:
+    """The runner archive: ``data`` to deliver, ``digest`` naming it, ``filename`` to store it under."""
+
+    data: bytes
+    digest: str
+
+    @property
+    def filename(self) -> str:
+        return f"graflow-runner-{self.digest[:16]}.pyz"
+
+    def command(self, python: str, path: str) -> list[str]:
+        """The argv that starts the runner stored at ``path`` with the interpreter ``python``."""
+        return [python, "-u", path]
+
+
+def _package_files(module: ModuleType) -> list[tuple[str, Path]]:
+    """(archive name, file) for every source file of a package, relative to its parent folder."""
+    root = Path(module.__file__ or "").resolve().parent
+    base = root.parent
+    files = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed", ".json", ".lua"):
+            files.append((path.relative_to(base).as_posix(), path))
+    return files
+
+
+def build_bundle() -> RunnerBundle:
+    """Build the archive from the packages this process has imported."""
+    import cloudpickle
+    import pluggy
+
+    import graflow
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        entries = [("__main__.py", _BOOTSTRAP.encode())]
+        for module in (graflow, cloudpickle, pluggy):
+            entries.extend((name, path.read_bytes()) for name, path in _package_files(module))
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    data = buffer.getvalue()
+    return RunnerBundle(data=data, digest=hashlib.sha256(data).hexdigest())
+
+
+_cached: RunnerBundle | None = None
+_cache_lock = threading.Lock()
+
+
+def runner_bundle() -> RunnerBundle:
+    """The bundle for this process (built once, then cached)."""
+    global _cached
+    if _cached is None:
+        with _cache_lock:
+            if _cached is None:
+                _cached = build_bundle()
+    return _cached
