@@ -3,15 +3,18 @@
 The bundle holds a small bootstrap (``__main__.py``), the pure-Python ``graflow`` package and the
 ``cloudpickle`` and ``pluggy`` packages this host uses, so the remote side needs nothing but a
 ``python3``: no network, no pip. ``python3 <bundle>`` runs it (Python executes zip files with a
-``__main__.py``). The archive is built deterministically (sorted entries, fixed timestamps), so its
-sha256 ``digest`` names its content: a remote host or container that already has a file of that
-name has this exact runner.
+``__main__.py``), with bytecode for this interpreter next to the sources so a cold start does not
+compile anything. The ``digest`` covers the sources and the interpreter's bytecode tag: a remote
+host or container that already has a file of that name has this exact runner.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib._bootstrap_external
+import importlib.util
 import io
+import sys
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -97,25 +100,48 @@ def _package_files(module: ModuleType) -> list[tuple[str, Path]]:
     return files
 
 
+def _compiled(name: str, source: bytes) -> bytes:
+    """``source`` compiled for this interpreter as an unchecked hash-based .pyc.
+
+    A runner starts in a fresh interpreter every time (one per cold task); without bytecode in the
+    archive it would compile graflow from source at every start. The runner must have this
+    host's Python minor version anyway (the handshake checks it); another interpreter ignores the
+    .pyc files (wrong magic number) and reads the sources next to them.
+    """
+    code = compile(source, name, "exec", dont_inherit=True)
+    source_hash = importlib.util.source_hash(source)
+    return importlib._bootstrap_external._code_to_hash_pyc(code, source_hash, False)
+
+
 def build_bundle() -> RunnerBundle:
-    """Build the archive from the packages this process has imported."""
+    """Build the archive from the packages this process has imported.
+
+    The digest covers the sources and this interpreter's bytecode tag, so it names what the
+    runner will do (bytecode of equal sources may differ byte for byte between processes).
+    """
     import cloudpickle
     import pluggy
 
     import graflow
 
+    sources: list[tuple[str, bytes]] = [("__main__.py", _BOOTSTRAP.encode())]
+    for module in (graflow, cloudpickle, pluggy):
+        sources.extend((name, path.read_bytes()) for name, path in _package_files(module))
+    digest = hashlib.sha256(sys.implementation.cache_tag.encode())
+    entries: list[tuple[str, bytes]] = []
+    for name, data in sources:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        entries.append((name, data))
+        if name.endswith(".py") and name != "__main__.py":
+            entries.append((name + "c", _compiled(name, data)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        entries = [("__main__.py", _BOOTSTRAP.encode())]
-        for module in (graflow, cloudpickle, pluggy):
-            entries.extend((name, path.read_bytes()) for name, path in _package_files(module))
         for name, data in entries:
             info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
-    data = buffer.getvalue()
-    return RunnerBundle(data=data, digest=hashlib.sha256(data).hexdigest())
+    return RunnerBundle(data=buffer.getvalue(), digest=digest.hexdigest())
 
 
 _cached: RunnerBundle | None = None

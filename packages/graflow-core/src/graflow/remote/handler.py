@@ -265,7 +265,7 @@ class RemoteTaskHandler(TaskHandler):
             for cm in locks.values():
                 with contextlib.suppress(Exception):
                     cm.__exit__(None, None, None)
-            runner.task_id = None
+            # runner.task_id stays set: output still in flight is labelled with this task until the next one
             runner.tasks_run += 1
             self._release(runner, healthy and not runner.killed_for_timeout)
 

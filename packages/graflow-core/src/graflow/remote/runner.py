@@ -6,7 +6,6 @@ another until the host says ``EXIT`` or closes the stream, so a warm runner serv
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import threading
@@ -82,6 +81,8 @@ def _run(host: _Host, spec: dict[str, Any]) -> Any:
     func = spec["func"]
     result = func(*args, **spec["kwargs"])
     if inspect.isawaitable(result):
+        import asyncio  # only coroutine tasks pay for importing asyncio
+
         result = asyncio.run(_awaited(result))
     return result
 
