@@ -29,7 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS: dict[str, tuple[str, str, str, str | None]] = {
     "graflow-core": ("packages/graflow-core", "src/graflow/__about__.py", "graflow", "core"),
     "graflow-testkit": ("packages/graflow-testkit", "src/graflow_testkit/__about__.py", "graflow_testkit", None),
+    "graflow-redis": ("packages/graflow-redis", "src/graflow_redis/__about__.py", "graflow_redis", "redis"),
     "graflow-ssh": ("packages/graflow-ssh", "src/graflow_ssh/__about__.py", "graflow_ssh", "ssh"),
+    "graflow-s3-checkpoint": (
+        "packages/graflow-s3-checkpoint",
+        "src/graflow_s3_checkpoint/__about__.py",
+        "graflow_s3_checkpoint",
+        "s3",
+    ),
     "graflow-example-plugin": (
         "examples/plugins/graflow-example-plugin",
         "src/graflow_example_plugin/__about__.py",
