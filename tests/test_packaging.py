@@ -30,6 +30,7 @@ DISTRIBUTIONS: dict[str, tuple[str, str, str, str | None]] = {
     "graflow-core": ("packages/graflow-core", "src/graflow/__about__.py", "graflow", "core"),
     "graflow-testkit": ("packages/graflow-testkit", "src/graflow_testkit/__about__.py", "graflow_testkit", None),
     "graflow-redis": ("packages/graflow-redis", "src/graflow_redis/__about__.py", "graflow_redis", "redis"),
+    "graflow-docker": ("packages/graflow-docker", "src/graflow_docker/__about__.py", "graflow_docker", "docker"),
     "graflow-ssh": ("packages/graflow-ssh", "src/graflow_ssh/__about__.py", "graflow_ssh", "ssh"),
     "graflow-s3-checkpoint": (
         "packages/graflow-s3-checkpoint",
