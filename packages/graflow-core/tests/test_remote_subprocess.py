@@ -144,8 +144,8 @@ def test_an_exception_that_cannot_be_pickled_comes_back_as_text(handler):
         chain(raise_odd)
     with pytest.raises(TaskError) as info:
         _run(handler, wf)
-    error = info.value.__cause__
-    assert isinstance(error, RemoteTaskError)
+    error = _find(info.value, RemoteTaskError)
+    assert isinstance(error.__cause__, RemoteTraceback)
     assert error.remote_type.endswith("LocalOnlyError")
     assert "carries a lock" in str(error)
 
@@ -376,8 +376,7 @@ def test_interpreter_that_is_not_python_is_reported_with_its_output():
         chain(nothing)
     with pytest.raises(TaskError) as info:
         _run(handler, wf)
-    error = info.value.__cause__
-    assert isinstance(error, RemoteRunnerError)
+    error = _find(info.value, RemoteRunnerError)
     assert "exited with code 1 before it started" in str(error)
 
 

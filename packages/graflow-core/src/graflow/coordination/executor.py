@@ -48,10 +48,18 @@ class GroupExecutor:
         member_ids = group.member_ids
         with context.state_lock:
             progress = context.group_progress.setdefault(group_id, {})
-        todo = [m for m in member_ids if not (m in progress and progress[m].success)]
+            todo = [m for m in member_ids if not (m in progress and progress[m].success)]
+            # A checkpoint taken while members run puts the unfinished ones back to these counts,
+            # since the resumed run starts them again (and counts their visits again).
+            counts = context.cycle_counts
+            unfinished = set(todo)
+            context.group_cycle_base[group_id] = {
+                member_id: {node: counts.get(node, 0) for node in nodes}
+                for member_id, nodes in member_branches(group)
+                if member_id in unfinished
+            }
 
-        def run_and_record(member_id: str) -> TaskResult:
-            outcome = run_member(member_id)
+        def record(member_id: str, outcome: TaskResult) -> TaskResult:
             requests = outcome.metadata.pop("checkpoint_requests", ())
             progress[member_id] = outcome
             if requests:
@@ -62,16 +70,26 @@ class GroupExecutor:
                     write_deferred_checkpoint(context, task_id, request)
             return outcome
 
+        def run_and_record(member_id: str) -> TaskResult:
+            return record(member_id, run_member(member_id))
+
+        # A distributed coordinator runs members elsewhere and reports each outcome as it arrives.
+        run_and_record.record = record  # type: ignore[attr-defined]
+
         name, backend_config = self.coordinator_for(group, context)
         started = time.perf_counter()
         with context.state_lock:
             context.active_groups.append(group_id)
         try:
             if todo:
-                get_coordinator(name, backend_config).run_members(group, todo, run_and_record, context)
+                returned = get_coordinator(name, backend_config).run_members(group, todo, run_and_record, context)
+                for member_id, outcome in (returned or {}).items():
+                    if progress.get(member_id) is not outcome:
+                        record(member_id, outcome)
         finally:
             with context.state_lock:
                 context.active_groups.remove(group_id)
+                context.group_cycle_base.pop(group_id, None)
         results = {m: progress[m] for m in member_ids if m in progress}
         context.raise_if_canceled()
         if context.terminated is not None:
@@ -101,4 +119,18 @@ class GroupExecutor:
         return {m: (r.result if r.success else r.error) for m, r in results.items()}
 
 
-__all__ = ["GroupExecutor"]
+def member_branches(group: ParallelGroup) -> list[tuple[str, list[str]]]:
+    """``(member id, ids of the tasks the member's branch runs)`` for each member (a chain's every task)."""
+    from graflow.core.task import SequentialTask
+
+    branches = []
+    for member in group.tasks:
+        if isinstance(member, SequentialTask):
+            nodes = [node.task_id for node in member._nodes()]
+            branches.append((nodes[0], nodes))
+        else:
+            branches.append((member.task_id, [member.task_id]))
+    return branches
+
+
+__all__ = ["GroupExecutor", "member_branches"]

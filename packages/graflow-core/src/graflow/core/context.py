@@ -236,6 +236,8 @@ class ExecutionContext:
         self.iteration_data: dict[str, Any] = {}
         self.join_arrivals: dict[str, set[str]] = {}
         self.group_progress: dict[str, dict[str, Any]] = {}
+        # group id -> member id -> {task id of the member's branch: its cycle count when the group started}
+        self.group_cycle_base: dict[str, dict[str, dict[str, int]]] = {}
         self.active_groups: list[str] = []
         self.extra_roots: list[str] = []
         self.last_checkpoint_path: str | None = None
@@ -406,9 +408,15 @@ class ExecutionContext:
         state = self.__dict__.copy()
         state.pop("state_lock", None)
         state.pop("_join_cache", None)
+        state.pop("task_dispatcher", None)  # a distributed queue's hook; re-attach it after resuming
         state["channel_snapshot"] = self.channel.snapshot()
         state["channel_class"] = type(self.channel)
         state["channel_name"] = getattr(self.channel, "name", self.session_id)
+        portable_config = getattr(self.channel, "portable_config", None)
+        if portable_config is not None:
+            # Backends built from live objects (graflow-redis's redis_client=) say how to rebuild
+            # them elsewhere, so the config pickles without connections or passwords.
+            state["config"] = portable_config(self.config)
         state.pop("channel", None)
         queue = state.pop("task_queue")
         state["pending_tasks"] = queue.to_list()
@@ -422,6 +430,7 @@ class ExecutionContext:
         pending = state.pop("pending_tasks")
         state.pop("queue_class", None)
         self.__dict__.update(state)
+        self.__dict__.setdefault("group_cycle_base", {})  # absent from schema 2.0 checkpoints
         self.state_lock = threading.RLock()
         self._owns_graph = True
         self.channel = channel_class(channel_name, **self.config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -449,32 +450,95 @@ class TaskWrapper(Executable):
         return kwargs
 
     def __reduce__(self) -> Any:
-        return (
-            _rebuild_task_wrapper,
-            (
-                self._task_id,
-                self.func,
-                {
-                    "inject_context": self.inject_context,
-                    "handler_type": self.handler_type,
-                    "resolve_keyword_args": self.resolve_keyword_args,
-                    "max_cycles": self.max_cycles,
-                    "max_retries": self.max_retries,
-                    "retry_policy": self.retry_policy,
-                    "handler_kwargs": self.handler_kwargs,
-                    "timeout": self.timeout,
-                    "queue": self.queue,
-                    "bound_kwargs": self._bound_kwargs,
-                },
-            ),
-        )
+        # The function and options travel once per pickle in a template shared by every task made
+        # from them; each task adds only its id and bound values (see _TaskTemplate).
+        key = _pickled_fields(self)
+        template = _templates.get(tuple(map(id, key)))
+        if template is None:
+            template = _TaskTemplate.for_key(key)
+        return (_task_from_template, (template, self._task_id, self._bound_kwargs or None))
 
     def __repr__(self) -> str:
         return f"TaskWrapper({self._task_id!r})"
 
 
+#: The settings a pickled TaskWrapper keeps besides its function, id and bound values. State derived
+#: from the function is recomputed when it is loaded; caches, graph links and contexts are not kept.
+PICKLED_OPTIONS = (
+    "inject_context",
+    "handler_type",
+    "resolve_keyword_args",
+    "max_cycles",
+    "max_retries",
+    "retry_policy",
+    "handler_kwargs",
+    "timeout",
+    "queue",
+)
+_pickled_fields = operator.attrgetter("func", *PICKLED_OPTIONS)
+# Templates by the identities of their function and options (they hold those objects, so the ids
+# stay valid while cached). Bounded like the parameter-plan cache.
+_templates: dict[tuple[int, ...], _TaskTemplate] = {}
+_TEMPLATE_ID = "".join(("<graflow-task-template", ">"))  # a private object: compared by identity
+
+
+class _TaskTemplate:
+    """What every TaskWrapper with the same function and options shares, pickled once per pickle.
+
+    It holds the instance state of a prototype wrapper built by the regular unpickling path
+    (:func:`_rebuild_task_wrapper`, hence ``_set_identity``); :func:`_task_from_template` copies
+    it, gives each task fresh empty caches and fills in what depends on the task id and the bound
+    values. A 10,000-task checkpoint of one function thus stores and loads ten thousand
+    ``(template, id, bound values)`` triples instead of ten thousand option dicts. The tests in
+    ``test_checkpoint_pickling.py`` check that this stays equal to construction.
+    """
+
+    __slots__ = ("by_id", "fresh", "key", "state")
+
+    def __init__(self, func: Callable[..., Any], options: tuple[Any, ...]) -> None:
+        if len(options) != len(PICKLED_OPTIONS):
+            raise TypeError(f"a task template needs {len(PICKLED_OPTIONS)} options, got {len(options)}")
+        self.key = (func, *options)
+        proto = _rebuild_task_wrapper(_TEMPLATE_ID, func, dict(zip(PICKLED_OPTIONS, options)))
+        state = proto.__dict__
+        # fields _set_identity fell back to the task id for (a callable without __name__, say)
+        self.by_id = tuple(k for k, v in state.items() if v is _TEMPLATE_ID)
+        # per-instance containers (caches, pending edges, bound values): each task gets its own
+        self.fresh = tuple(
+            (k, type(v)) for k, v in state.items() if type(v) in (dict, list, set) and k not in PICKLED_OPTIONS
+        )
+        self.state = state
+
+    @classmethod
+    def for_key(cls, key: tuple[Any, ...]) -> _TaskTemplate:
+        template = cls(key[0], key[1:])
+        if len(_templates) >= 1_000:
+            _templates.clear()
+        _templates[tuple(map(id, key))] = template
+        return template
+
+    def __reduce__(self) -> Any:
+        return (_TaskTemplate, (self.key[0], self.key[1:]))
+
+
+def _task_from_template(template: _TaskTemplate, task_id: str, bound_kwargs: dict[str, Any] | None) -> TaskWrapper:
+    """Unpickling path of a TaskWrapper (see :class:`_TaskTemplate`)."""
+    state = template.state.copy()
+    for key, factory in template.fresh:
+        state[key] = factory()
+    for key in template.by_id:
+        state[key] = task_id
+    state["_task_id"] = task_id
+    state["result_key"] = task_id + ".__result__"
+    if bound_kwargs:
+        state["_bound_kwargs"] = dict(bound_kwargs)
+    wrapper = object.__new__(TaskWrapper)
+    wrapper.__dict__ = state
+    return wrapper
+
+
 def _rebuild_task_wrapper(task_id: str, func: Callable[..., Any], options: dict[str, Any]) -> TaskWrapper:
-    """Unpickling path (checkpoints, remote handlers): the options were validated when first built."""
+    """Builds template prototypes; also loads pickles written before templates (checkpoint schema 2)."""
     wrapper = TaskWrapper.__new__(TaskWrapper)
     Executable.__init__(wrapper)
     wrapper._set_identity(task_id, func, options.pop("bound_kwargs", None))
