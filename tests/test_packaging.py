@@ -297,16 +297,17 @@ def _last_json_line(stdout: str) -> object:
 def test_installed_wheels_come_from_the_wheels_not_the_tree(venv: Venv, built: dict[str, Built]) -> None:
     script = textwrap.dedent(
         """
-        import json
+        import json, sys
         from importlib.metadata import distribution
         out = {}
-        for name in ("graflow-core", "graflow-testkit", "graflow-example-plugin"):
+        for name in json.loads(sys.argv[1]):
             d = distribution(name)
             out[name] = {"version": d.version, "direct_url": d.read_text("direct_url.json")}
         print(json.dumps(out))
         """
     )
-    info = _last_json_line(_run([str(venv.python), "-c", script], cwd=venv.workdir, env=venv.env()))
+    names = json.dumps(sorted(built))
+    info = _last_json_line(_run([str(venv.python), "-c", script, names], cwd=venv.workdir, env=venv.env()))
     assert isinstance(info, dict)
     for dist, b in built.items():
         assert info[dist]["version"] == b.version

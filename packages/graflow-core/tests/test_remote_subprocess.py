@@ -507,3 +507,22 @@ def test_ctrl_c_kills_the_runner(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_shared_handlers_by_name_keep_warm_runners_until_closed():
+    from graflow.core.engine import close_shared_handlers
+
+    @task(handler="subprocess", handler_kwargs={"reuse": True, "env": {"GRAFLOW_TEST_WARM": "1"}})
+    def warm_pid() -> int:
+        return os.getpid()
+
+    with workflow("warm-by-name") as wf:
+        chain(warm_pid)
+    first = wf.execute()
+    assert wf.execute() == first  # the same warm child served the second run
+    assert _alive(first)
+    close_shared_handlers()
+    deadline = time.monotonic() + 10
+    while _alive(first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(first)
