@@ -357,3 +357,27 @@ def test_failure_is_not_retried_past_budget_of_zero(exc_type: type[Exception]) -
         with pytest.raises(TaskError):
             wf.execute()
     assert calls == [1]
+
+
+def test_a_graflow_error_keeps_its_own_cause_and_is_never_its_own_cause() -> None:
+    from graflow.core.decorators import task
+    from graflow.core.task import chain
+    from graflow.core.workflow import workflow
+    from graflow.exceptions import ConfigError
+
+    @task
+    def misconfigured() -> None:
+        try:
+            raise OSError("connection refused")
+        except OSError as low_level:
+            raise ConfigError("cannot reach the service") from low_level
+
+    with workflow("own-cause") as wf:
+        chain(misconfigured)
+    try:
+        wf.execute()
+    except ConfigError as error:
+        assert error.__cause__ is not error
+        assert isinstance(error.__cause__, OSError)
+    else:
+        raise AssertionError("the task's error was swallowed")

@@ -14,9 +14,11 @@ skipped, e.g. by a goto). Each release re-arms the join for the next wave of a l
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -41,6 +43,26 @@ logger = logging.getLogger(__name__)
 # One handler per (class, settings), shared by every engine: warm pools and connections survive runs,
 # and a plugin registered or removed later is looked up afresh.
 _shared_handlers: dict[tuple[type, Any], TaskHandler] = {}
+_shared_lock = threading.Lock()
+
+
+def close_shared_handlers() -> None:
+    """Close every handler made from ``@task(handler=..., handler_kwargs=...)`` settings.
+
+    They are shared by all engines so warm runners (containers, SSH connections, child processes)
+    outlive one run; this releases them. It runs at interpreter exit too.
+    """
+    with _shared_lock:
+        handlers = list(_shared_handlers.values())
+        _shared_handlers.clear()
+    for handler in handlers:
+        try:
+            handler.close()
+        except Exception as exc:  # noqa: BLE001 - one handler failing to close must not keep the others open
+            logger.warning("closing the %s handler failed: %s", handler.get_name(), exc)
+
+
+atexit.register(close_shared_handlers)
 
 
 def _freeze(value: Any) -> Any:
@@ -83,8 +105,11 @@ class WorkflowEngine:
             return self._make_handler(cls, name, kwargs, task)
         handler = _shared_handlers.get(key)
         if handler is None:
-            handler = self._make_handler(cls, name, kwargs, task)
-            _shared_handlers[key] = handler
+            with _shared_lock:
+                handler = _shared_handlers.get(key)
+                if handler is None:
+                    handler = self._make_handler(cls, name, kwargs, task)
+                    _shared_handlers[key] = handler
         return handler
 
     @staticmethod
@@ -129,6 +154,9 @@ class WorkflowEngine:
             raise
         finally:
             _local.task_id, _local.task_ctx = saved
+            dispatcher = getattr(context, "task_dispatcher", None)
+            if dispatcher is not None:
+                dispatcher.run_finished(context)
         context.last_result = result
         if observe:
             plugins.emit("workflow.finished", session_id=context.session_id, ok=True, steps=context.steps)
@@ -156,7 +184,10 @@ class WorkflowEngine:
         channel_set = ctx.channel.set
         default_cycles = ctx.default_max_cycles
         max_steps = ctx.max_steps
-        direct_ok = "direct" not in self._handlers
+        # A distributed queue (graflow-redis's RedisTaskQueue) attaches a dispatcher to the context:
+        # every task then runs wherever it sends it, while this loop stays the only scheduler.
+        dispatcher = getattr(ctx, "task_dispatcher", None)
+        direct_ok = "direct" not in self._handlers and dispatcher is None
         observe = plugins.has_observers()
         local = _local
         popleft = queue.popleft
@@ -229,9 +260,11 @@ class WorkflowEngine:
                     started = time.perf_counter() if (task.timeout or observe) else 0.0
                     if inline:
                         result = task.run_in(ctx, tctx, data)
+                    elif dispatcher is not None:
+                        result = dispatcher.execute_task(task, ctx)
                     else:
                         result = self.get_handler(task).execute_task(task, ctx)
-                    if task.timeout and time.perf_counter() - started > task.timeout:
+                    if task.timeout and dispatcher is None and time.perf_counter() - started > task.timeout:
                         raise TaskTimeoutError(tid, task.timeout, time.perf_counter() - started)
                 except Exception as exc:
                     local.task_id = None
@@ -239,7 +272,10 @@ class WorkflowEngine:
                         iteration_data[tid] = data
                     if self._retry(ctx, task, tid, exc, queue, delayed, seq, observe):
                         continue
-                    raise self._failure(ctx, tid, exc) from exc
+                    failure = self._failure(ctx, tid, exc)
+                    if failure is exc:
+                        raise  # a graflow error stays itself, with its own cause (never its own cause)
+                    raise failure from exc
                 tctx = local.task_ctx
                 local.task_id = None
                 if observe:
