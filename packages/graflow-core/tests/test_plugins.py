@@ -756,6 +756,21 @@ def test_trace_plugins_logs_hook_calls() -> None:
     """
     proc = run_python(code, env={"GRAFLOW_TRACE_PLUGINS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert "graflow_register_task_handlers" in proc.stderr
+    assert "call graflow_register_channels" in proc.stderr
+    # only the hooks of the kinds looked up run: a plain workflow needs no handler, queue or store
+    assert "graflow_register_task_handlers" not in proc.stderr
+    assert "graflow_register_checkpoint_stores" not in proc.stderr
     quiet = run_python(code)
-    assert "graflow_register_task_handlers" not in quiet.stderr
+    assert "graflow_register_channels" not in quiet.stderr
+
+
+def test_a_lookup_builds_only_its_own_kind() -> None:
+    code = """
+        import sys
+        from graflow import plugins
+        plugins.lookup("channel", "memory")
+        print(sorted(plugins._registry._tables))
+    """
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['channel']"

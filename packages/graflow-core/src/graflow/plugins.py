@@ -184,42 +184,60 @@ class _Registry:
 
     # -- lookups ---------------------------------------------------------------------------------
     def tables(self) -> dict[str, dict[str, tuple[type, str]]]:
+        return {kind: self.table(kind) for kind in KINDS}
+
+    def table(self, kind: str) -> dict[str, tuple[type, str]]:
+        """Name -> (class, distribution) for one kind, built on first use.
+
+        Only that kind's registration hook runs, so looking up a task queue does not import every
+        installed handler's SDK (a worker process would pay for Docker, paramiko and boto3).
+        """
         tables = self._tables
-        if tables is None:
-            self.ensure_loaded()
-            with self._lock:
-                tables = self._tables if self._tables is not None else self._build_tables()
-        return tables
+        if tables is not None:
+            table = tables.get(kind)
+            if table is not None:
+                return table
+        self.ensure_loaded()
+        with self._lock:
+            if self._tables is None:
+                self._tables = {}
+            table = self._tables.get(kind)
+            if table is None:
+                table = self._tables[kind] = self._build_table(kind)
+        return table
 
     def _build_tables(self) -> dict[str, dict[str, tuple[type, str]]]:
-        tables: dict[str, dict[str, tuple[type, str]]] = {}
-        self._owners = {}
-        for kind, (hook_name, human, attr) in KINDS.items():
-            table: dict[str, tuple[type, str]] = {}
-            hook = getattr(self.manager.hook, hook_name)
-            if self._trace is not None:
-                plugin_names = ", ".join(impl.plugin_name for impl in hook.get_hookimpls())
-                self._trace.debug("call %s -> [%s]", hook_name, plugin_names)
-            for impl in hook.get_hookimpls():
-                dist = self._dists.get(id(impl.plugin), (impl.plugin_name, ""))[0]
-                for cls in impl.function() or ():
-                    for key in _keys_of(cls, attr, kind):
-                        if key in table and table[key][0] is not cls:
-                            other_cls, other_dist = table[key]
-                            raise ConfigError(
-                                f"Two plugins register the {human} '{key}': "
-                                f"{other_cls.__module__}.{other_cls.__qualname__} from {other_dist} and "
-                                f"{cls.__module__}.{cls.__qualname__} from {dist}. Uninstall one of them "
-                                f"or block it with GRAFLOW_DISABLE_PLUGINS."
-                            )
-                        table[key] = (cls, dist)
-                        self._owners[(kind, key)] = impl.plugin_name
-            tables[kind] = table
+        tables = {kind: self._build_table(kind) for kind in KINDS}
         self._tables = tables
         return tables
 
+    def _build_table(self, kind: str) -> dict[str, tuple[type, str]]:
+        hook_name, human, attr = KINDS[kind]
+        table: dict[str, tuple[type, str]] = {}
+        owners = {key: owner for key, owner in self._owners.items() if key[0] != kind}
+        hook = getattr(self.manager.hook, hook_name)
+        if self._trace is not None:
+            plugin_names = ", ".join(impl.plugin_name for impl in hook.get_hookimpls())
+            self._trace.debug("call %s -> [%s]", hook_name, plugin_names)
+        for impl in hook.get_hookimpls():
+            dist = self._dists.get(id(impl.plugin), (impl.plugin_name, ""))[0]
+            for cls in impl.function() or ():
+                for key in _keys_of(cls, attr, kind):
+                    if key in table and table[key][0] is not cls:
+                        other_cls, other_dist = table[key]
+                        raise ConfigError(
+                            f"Two plugins register the {human} '{key}': "
+                            f"{other_cls.__module__}.{other_cls.__qualname__} from {other_dist} and "
+                            f"{cls.__module__}.{cls.__qualname__} from {dist}. Uninstall one of them "
+                            f"or block it with GRAFLOW_DISABLE_PLUGINS."
+                        )
+                    table[key] = (cls, dist)
+                    owners[(kind, key)] = impl.plugin_name
+        self._owners = owners
+        return table
+
     def lookup(self, kind: str, name: str) -> type:
-        entry = self.tables()[kind].get(name)
+        entry = self.table(kind).get(name)
         if entry is not None:
             return entry[0]
         raise self.not_found(kind, name)
@@ -241,10 +259,10 @@ class _Registry:
                 hint = f"It is provided by the {package} package: pip install {package}"
         elif broken:
             hint = "These plugins failed to load and may provide it: " + "; ".join(broken)
-        return PluginNotFoundError(human, name, self.tables()[kind].keys(), hint)
+        return PluginNotFoundError(human, name, self.table(kind).keys(), hint)
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self.tables()[kind])
+        return sorted(self.table(kind))
 
     # -- events ----------------------------------------------------------------------------------
     def has_observers(self) -> bool:

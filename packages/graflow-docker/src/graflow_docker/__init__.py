@@ -9,16 +9,33 @@ Any image with ``python3`` works: the handler copies everything the task needs i
 See :class:`graflow_docker.handler.DockerTaskHandler` for the settings.
 """
 
-from graflow_docker.__about__ import __version__
-from graflow_docker.devices import gpu_device_requests
-from graflow_docker.errors import DockerContainerError, DockerDaemonUnreachableError, DockerImageNotFoundError
-from graflow_docker.handler import DockerTaskHandler
+from __future__ import annotations
 
-__all__ = [
-    "DockerContainerError",
-    "DockerDaemonUnreachableError",
-    "DockerImageNotFoundError",
-    "DockerTaskHandler",
-    "__version__",
-    "gpu_device_requests",
-]
+import importlib
+from typing import Any
+
+from graflow_docker.__about__ import __version__
+
+# Imported on first use: Graflow loads this package to find its plugin, and that must not import
+# the SDK underneath (every worker process would pay for it).
+_EXPORTS = {
+    "gpu_device_requests": "graflow_docker.devices",
+    "DockerContainerError": "graflow_docker.errors",
+    "DockerDaemonUnreachableError": "graflow_docker.errors",
+    "DockerImageNotFoundError": "graflow_docker.errors",
+    "DockerTaskHandler": "graflow_docker.handler",
+}
+
+
+def __getattr__(attr: str) -> Any:
+    module = _EXPORTS.get(attr)
+    if module is None:
+        raise AttributeError(f"module 'graflow_docker' has no attribute {attr!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [*sorted(_EXPORTS), "__version__"]

@@ -10,32 +10,41 @@ Credentials, region and endpoint come from boto3's standard chain (environment, 
 variables override them and set encryption, storage class, multipart and retry behaviour.
 """
 
-from graflow_s3_checkpoint.__about__ import __version__
-from graflow_s3_checkpoint.address import S3Address
-from graflow_s3_checkpoint.config import ENV_VARS, S3Settings, configure, reset, settings_for
-from graflow_s3_checkpoint.errors import (
-    S3AccessDeniedError,
-    S3BucketNotFoundError,
-    S3CheckpointError,
-    S3CredentialsError,
-    S3EndpointError,
-    S3ThrottledError,
-)
-from graflow_s3_checkpoint.store import S3CheckpointStore
+from __future__ import annotations
 
-__all__ = [
-    "ENV_VARS",
-    "S3AccessDeniedError",
-    "S3Address",
-    "S3BucketNotFoundError",
-    "S3CheckpointError",
-    "S3CheckpointStore",
-    "S3CredentialsError",
-    "S3EndpointError",
-    "S3Settings",
-    "S3ThrottledError",
-    "__version__",
-    "configure",
-    "reset",
-    "settings_for",
-]
+import importlib
+from typing import Any
+
+from graflow_s3_checkpoint.__about__ import __version__
+
+# Imported on first use: Graflow loads this package to find its plugin, and that must not import
+# the SDK underneath (every worker process would pay for it).
+_EXPORTS = {
+    "S3Address": "graflow_s3_checkpoint.address",
+    "ENV_VARS": "graflow_s3_checkpoint.config",
+    "S3Settings": "graflow_s3_checkpoint.config",
+    "configure": "graflow_s3_checkpoint.config",
+    "reset": "graflow_s3_checkpoint.config",
+    "settings_for": "graflow_s3_checkpoint.config",
+    "S3AccessDeniedError": "graflow_s3_checkpoint.errors",
+    "S3BucketNotFoundError": "graflow_s3_checkpoint.errors",
+    "S3CheckpointError": "graflow_s3_checkpoint.errors",
+    "S3CredentialsError": "graflow_s3_checkpoint.errors",
+    "S3EndpointError": "graflow_s3_checkpoint.errors",
+    "S3ThrottledError": "graflow_s3_checkpoint.errors",
+    "S3CheckpointStore": "graflow_s3_checkpoint.store",
+}
+
+
+def __getattr__(attr: str) -> Any:
+    module = _EXPORTS.get(attr)
+    if module is None:
+        raise AttributeError(f"module 'graflow_s3_checkpoint' has no attribute {attr!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
