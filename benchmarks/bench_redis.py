@@ -356,19 +356,118 @@ def measure_celery(redis_url: str, n_tasks: int, n_workers: int) -> dict[str, An
 
 
 # -- graflow ------------------------------------------------------------------------------------------------------
-def measure_graflow(redis_url: str, n_tasks: int, n_workers: int) -> dict[str, Any]:
-    """SLOT FOR HELPER B (graflow-redis queue and workers): not implemented yet.
+_GRAFLOW_TASKS = """
+import os, time
+import redis
 
-    Run ``n_tasks`` no-op tasks through the graflow-redis queue against the server at ``redis_url``
-    (its own database; flush it first) with ``n_workers`` worker processes, at-least-once delivery
-    on, and return the same keys as the other rows, computed the same way:
-    ``summarize(records, first_send_ns)`` (tasks, seconds, tasks_per_s, p50_ms, p99_ms, max_ms) plus
-    ``worker_rss_mb`` (largest worker RSS after the run, :func:`rss_mb`). Records are
-    ``(sent_ns, done_ns)`` with ``time.monotonic_ns()``: stamped by the producer when it submits a
-    task and by the worker when the task has run; :func:`collect_records` gathers them when tasks
-    ``RPUSH`` ``b"sent,done"`` to :data:`RESULTS_KEY`. Stop every process it starts.
+_results = None
+
+
+def noop(sent):
+    global _results
+    done = time.monotonic_ns()
+    if _results is None:
+        _results = redis.Redis.from_url(os.environ["BENCH_BROKER_URL"])
+    _results.rpush(os.environ["BENCH_RESULTS_KEY"], f"{sent},{done}")
+"""
+
+#: Producer backpressure for the graflow row: ``submit`` waits while more than this many tasks wait
+#: in the queue (``RedisTaskQueue(max_queue_depth=...)``), so the producer never runs ahead of the
+#: workers and latency measures the path, not a backlog the producer built on purpose.
+GRAFLOW_MAX_QUEUE_DEPTH = 8
+
+
+def measure_graflow(redis_url: str, n_tasks: int, n_workers: int) -> dict[str, Any]:
+    """graflow-redis: ``n_workers`` ``python -m graflow.worker.main`` processes, the producer calling
+    ``RedisTaskQueue.submit(noop, sent=...)`` once per task (fire-and-forget, at-least-once delivery:
+    each message is in flight until acknowledged, heartbeats and the reaper on).
+
+    The no-op task records ``sent,done`` with one ``RPUSH``, as in the Celery row. The producer uses
+    ``max_queue_depth`` backpressure (:data:`GRAFLOW_MAX_QUEUE_DEPTH`); workers run one task at a
+    time (``--concurrency 1``) and take up to their prefetch when tasks are short.
     """
-    raise NotImplementedError("measure_graflow is not implemented yet (graflow-redis task queue)")
+    import redis
+
+    from graflow_redis.queue import RedisTaskQueue
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    workdir = Path(tempfile.mkdtemp(prefix="graflow-bench-graflow-"))
+    (workdir / "bench_graflow_tasks.py").write_text(textwrap.dedent(_GRAFLOW_TASKS))
+    env = _env_with_sources()
+    env.update(
+        BENCH_BROKER_URL=redis_url,
+        BENCH_RESULTS_KEY=RESULTS_KEY,
+        PYTHONPATH=os.pathsep.join([str(workdir), env["PYTHONPATH"]]),
+    )
+    # A Redis worker host needs graflow-core and graflow-redis only. The monorepo's dev environment
+    # also has the docker/ssh/s3 plugins installed, whose packages import their SDKs when the worker
+    # loads the plugin registry; they are switched off here so the RSS is a Redis worker's.
+    others = _other_plugins()
+    if others:
+        env["GRAFLOW_DISABLE_PLUGINS"] = ",".join(others)
+    os.environ["BENCH_BROKER_URL"] = redis_url
+    os.environ["BENCH_RESULTS_KEY"] = RESULTS_KEY
+    sys.path.insert(0, str(workdir))
+    prefix = "bench"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "graflow.worker.main", "--redis-url", redis_url, "--key-prefix", prefix,
+             "--worker-id", f"bench-{i}", "--concurrency", "1", "--log-level", "WARNING"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(n_workers)
+    ]
+    queue = None
+    try:
+        deadline = time.monotonic() + 120
+        while sum(client.exists(f"{prefix}:hb:bench-{i}") for i in range(n_workers)) < n_workers:
+            for worker in workers:
+                if worker.poll() is not None:
+                    _, err = worker.communicate()
+                    raise RuntimeError(f"a graflow worker exited during start-up ({worker.returncode}): {err[-800:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("graflow workers not ready within 120s")
+            time.sleep(0.02)
+        import bench_graflow_tasks
+
+        queue = RedisTaskQueue(None, url=redis_url, key_prefix=prefix, max_queue_depth=GRAFLOW_MAX_QUEUE_DEPTH)
+        for _ in range(2 * n_workers):  # warm-up: connections, imports, scripts (left out of the timing)
+            queue.result(queue.submit(bench_graflow_tasks.noop, sent=time.monotonic_ns()), timeout=60)
+        collect_records(client, 2 * n_workers, timeout=30)
+        client.delete(RESULTS_KEY)
+        submit = queue.submit
+        noop = bench_graflow_tasks.noop
+        first_send = time.monotonic_ns()
+        for _ in range(n_tasks):
+            submit(noop, reply=False, sent=time.monotonic_ns())
+        records = collect_records(client, n_tasks, timeout=120 + n_tasks / 50)
+        rss = [rss_mb(w.pid) for w in workers]
+        in_flight = queue.in_flight()
+    finally:
+        if queue is not None:
+            queue.close()
+        for worker in workers:
+            stop_process(worker)
+        client.close()
+    if len(records) != n_tasks or in_flight:
+        raise RuntimeError(f"{len(records)} of {n_tasks} tasks recorded, {in_flight} still in flight")
+    result = summarize(records, first_send)
+    result["worker_rss_mb"] = max(rss)
+    result["max_queue_depth"] = GRAFLOW_MAX_QUEUE_DEPTH
+    result["disabled_plugins"] = others
+    return result
+
+
+def _other_plugins() -> list[str]:
+    """Entry points of the ``graflow`` group other than core's and graflow-redis's."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group="graflow")} - {"core", "redis"})
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------

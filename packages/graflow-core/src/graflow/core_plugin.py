@@ -61,5 +61,6 @@ def graflow_register_checkpoint_stores() -> list[type]:
 @hookimpl
 def graflow_register_commands() -> list[type]:
     from graflow.cli.checkpoints_cmd import CheckpointsCommand
+    from graflow.worker.cli import WorkerCommand
 
-    return [CheckpointsCommand]
+    return [CheckpointsCommand, WorkerCommand]
