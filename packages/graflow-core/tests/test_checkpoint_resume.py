@@ -543,3 +543,63 @@ def test_checkpoint_under_concurrent_writers_is_consistent(tmp_path: Path) -> No
         # copies are taken in a fixed order (completed before counters), each one whole
         assert restored.completed_tasks <= set(restored.cycle_counts)
         assert restored.task_queue.to_list() == ["a"]
+
+
+def spawns_then_waits(ctx: TaskExecutionContext) -> str:
+    """Member that spawns a dynamic task, then is still running when a sibling's checkpoint is written.
+
+    It writes nothing to the channel: being unfinished at the checkpoint, it runs again on resume.
+    """
+    RAN.append(ctx.task_id)
+    ctx.next_task(TaskWrapper("sp_child", plain, inject_context=True, register_to_context=False))
+    STARTED["spawned"].set()
+    _wait_for_checkpoint(ctx)
+    return "spawner"
+
+
+def checkpoint_after_spawn(ctx: TaskExecutionContext) -> str:
+    assert STARTED["spawned"].wait(20), "the spawning sibling never spawned"
+    return checkpointing(ctx)
+
+
+def build_group_spawning_member() -> Any:
+    with workflow("group-spawning-member") as wf:
+        group = (t("sp", spawns_then_waits) | t("ck", checkpoint_after_spawn)).with_execution(backend="threading")
+        t("start") >> group >> t("end")
+    return wf.graph
+
+
+def test_member_that_spawned_before_the_checkpoint_spawns_again_on_resume(tmp_path: Path) -> None:
+    STARTED.clear()
+    STARTED["spawned"] = threading.Event()
+    reference = run(build_group_spawning_member, tmp_path / "ref")
+    STARTED["spawned"] = threading.Event()
+    # 'sp' had spawned 'sp_child' (now in the checkpointed graph) but not finished: on resume it runs
+    # again and spawns the same task again, which must queue it, not fail as a duplicate
+    resumed = run(build_group_spawning_member, tmp_path / "int", crash={"end"}, checkpoint="ck")
+    assert resumed.completed_tasks == reference.completed_tasks
+    assert "sp_child" in resumed.completed_tasks
+    assert resumed.cycle_counts == reference.cycle_counts
+    assert sorted(resumed.channel.get("ran")) == sorted(reference.channel.get("ran"))
+    assert resumed.channel.get("ran").count("sp_child") == 1
+
+
+def test_spawning_a_different_task_under_an_existing_dynamic_id_is_still_an_error() -> None:
+    from graflow.exceptions import DuplicateTaskError
+
+    def first(ctx: TaskExecutionContext) -> str:
+        ctx.next_task(TaskWrapper("same_id", plain, inject_context=True, register_to_context=False))
+        return "first"
+
+    def second(ctx: TaskExecutionContext) -> str:
+        ctx.next_task(TaskWrapper("same_id", quiet, inject_context=True, register_to_context=False))
+        return "second"
+
+    with workflow("dup-dynamic") as wf:
+        t("one", first) >> t("two", second)
+    with pytest.raises(GraflowError) as info:
+        wf.execute()
+    error = info.value
+    while error is not None and not isinstance(error, DuplicateTaskError):
+        error = error.__cause__
+    assert isinstance(error, DuplicateTaskError)

@@ -113,7 +113,16 @@ class TaskExecutionContext:
                 ctx.adopt(node)
         else:
             entry = executable
-        existed = ctx.graph.has_node(entry.task_id) and ctx.graph.get_node(entry.task_id) is entry
+        graph = ctx.graph
+        node = graph.get_node(entry.task_id) if graph.has_node(entry.task_id) else None
+        existed = node is entry
+        if node is not None and not existed and _respawn_of(node, entry, ctx):
+            # The same dynamic task spawned again: a member restarted after a resume re-runs its
+            # next_task() calls. Queue the task already in the graph, as the first spawn did.
+            self.spawned.append(node.task_id)
+            if goto:
+                self.skip_successors = True
+            return node.task_id
         if not existed:
             ctx.adopt(entry)
         self.spawned.append(entry.task_id)
@@ -165,6 +174,19 @@ class TaskExecutionContext:
 
     def __repr__(self) -> str:
         return f"TaskExecutionContext(task_id={self.task_id!r}, session_id={self.session_id!r})"
+
+
+def _respawn_of(node: Executable, entry: Executable, ctx: ExecutionContext) -> bool:
+    """Whether ``entry`` is ``node`` made again: a task added at run time, with the same function."""
+    if node.task_id not in ctx.extra_roots or type(node) is not type(entry):
+        return False
+    old, new = getattr(node, "func", None), getattr(entry, "func", None)
+    if old is None or new is None:
+        return False
+    return old is new or (
+        getattr(old, "__module__", None) == getattr(new, "__module__", None)
+        and getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None)
+    )
 
 
 class ExecutionContext:
