@@ -150,8 +150,9 @@ def venv(built: dict[str, Built], tmp_path_factory: pytest.TempPathFactory) -> V
     python = bin_dir / ("python.exe" if os.name == "nt" else "python")
     env = _clean_env()
     # The wheels are named on the command line, so Graflow's own distributions can only come from
-    # them; their third-party dependencies (pluggy, cloudpickle, pytest) come from the index.
-    wheels = [str(built[d].wheel) for d in ("graflow-core", "graflow-testkit", "graflow-example-plugin")]
+    # them; their third-party dependencies (pluggy, cloudpickle, pytest, redis, docker, paramiko,
+    # boto3) come from the index.
+    wheels = [str(b.wheel) for b in built.values()]
     _run([str(python), "-m", "pip", "install", "--no-cache-dir", *wheels], cwd=workdir, env=env)
     return Venv(root, python, bin_dir, workdir)
 

@@ -526,3 +526,118 @@ def test_shared_handlers_by_name_keep_warm_runners_until_closed():
     while _alive(first) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(first)
+
+
+def test_bundle_bytes_are_shared_by_every_process_of_a_machine(tmp_path):
+    code = "from graflow.remote.bundle import runner_bundle; b = runner_bundle(); print(b.digest, len(b.data))"
+    env = {**os.environ, "PYTHONPATH": str(CORE_SRC), "GRAFLOW_CACHE_DIR": str(tmp_path)}
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+        for _ in range(3)
+    }
+    assert len(outputs) == 1, outputs  # three processes, one archive
+    assert len(list((tmp_path / "bundles").glob("*.pyz"))) == 1
+
+
+def test_a_stored_runner_file_is_never_replaced(tmp_path):
+    from graflow.remote.bundle import store_once
+
+    first = store_once(tmp_path, "runner.pyz", b"first")
+    inode = first.stat().st_ino
+    again = store_once(tmp_path, "runner.pyz", b"second, longer")
+    assert again == first and first.read_bytes() == b"first" and first.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["runner.pyz"]  # no temporary files left
+
+
+def test_closing_the_handler_stops_a_busy_runner_once_its_task_ends(tmp_path):
+    handler = SubprocessTaskHandler(reuse=True)
+    release = tmp_path / "release"
+
+    @task(handler="sub", inject_context=True)
+    def busy(ctx: TaskExecutionContext) -> int:
+        ctx.get_channel().set("pid", os.getpid())
+        while not release.exists():
+            time.sleep(0.01)
+        return os.getpid()
+
+    with workflow("close-busy") as wf:
+        chain(busy)
+    context = ExecutionContext.create(wf.graph, None)
+    engine = WorkflowEngine()
+    engine.register_handler("sub", handler)
+    import threading
+
+    runner = threading.Thread(target=engine.execute, args=(context,))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while context.channel.get("pid") is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    handler.close()  # while the task runs
+    release.write_text("go")
+    runner.join(30)
+    pid = context.get_result("busy")
+    assert pid == context.channel.get("pid")
+    assert handler.idle_runners() == 0
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def test_bytes_before_the_greeting_are_reported_at_once(tmp_path):
+    chatty_python = tmp_path / "python-with-banner"
+    chatty_python.write_text(f"#!/bin/sh\necho 'Welcome to the box'\nexec {sys.executable} \"$@\"\n")
+    chatty_python.chmod(0o755)
+    handler = SubprocessTaskHandler(python=str(chatty_python))
+
+    @task(handler="sub")
+    def nothing() -> None:
+        return None
+
+    with workflow("banner") as wf:
+        chain(nothing)
+    started = time.monotonic()
+    with pytest.raises(TaskError) as info:
+        _run(handler, wf)
+    error = _find(info.value, RemoteRunnerError)
+    assert "Welc" in str(error) and "before the runner's greeting" in str(error)
+    assert time.monotonic() - started < handler.startup_timeout  # not a wait for a 1.4 GB "frame"
+
+
+def test_a_thread_left_by_an_earlier_task_cannot_touch_the_next_one(tmp_path):
+    handler = SubprocessTaskHandler(reuse=True, pool_size=1)
+    report = tmp_path / "late-call"
+
+    @task("leaves_a_thread", handler="sub", inject_context=True)
+    def leaves_a_thread(ctx: TaskExecutionContext) -> int:
+        import threading
+
+        channel = ctx.get_channel()
+
+        def late() -> None:
+            time.sleep(0.5)
+            try:
+                channel.set("late", "written by a finished task")
+                report.write_text("no error")
+            except Exception as exc:  # noqa: BLE001 - the test reads what happened
+                report.write_text(f"{type(exc).__name__}: {exc}")
+
+        threading.Thread(target=late, daemon=True).start()
+        return os.getpid()
+
+    @task("next_task_on_the_runner", handler="sub")
+    def next_task_on_the_runner() -> int:
+        deadline = time.monotonic() + 20
+        while not report.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.getpid()
+
+    with workflow("leftover") as wf:
+        leaves_a_thread >> next_task_on_the_runner
+    try:
+        _, context = _run(handler, wf)
+    finally:
+        handler.close()
+    assert context.get_result("leaves_a_thread") == context.get_result("next_task_on_the_runner")
+    assert context.channel.get("late") is None
+    assert "RuntimeError" in report.read_text() and "earlier task" in report.read_text()

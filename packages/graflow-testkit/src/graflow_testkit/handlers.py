@@ -221,6 +221,31 @@ class TaskHandlerConformance(ExpectedFailures):
         assert context.channel.get("counter") == 40
         assert context.channel.get("added") == 40
 
+    def test_threads_of_one_task_share_locks(self, handler: TaskHandler) -> None:
+        @task(handler=NAME, inject_context=True)
+        def threaded(ctx: TaskExecutionContext) -> int:
+            import threading
+
+            channel = ctx.get_channel()
+
+            def work() -> None:
+                for _ in range(5):
+                    # a holder and a waiter in the same task: the waiter must not block the release
+                    with channel.lock("thread-lock", timeout=30):
+                        channel.set("shared", channel.get("shared", 0) + 1)
+
+            threads = [threading.Thread(target=work) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return channel.get("shared")
+
+        with workflow("conformance-thread-locks") as wf:
+            chain(threaded)
+        result, _ = _run(handler, wf)
+        assert result == 15
+
     def test_get_result_of_an_earlier_task(self, handler: TaskHandler) -> None:
         @task
         def first() -> list[int]:

@@ -4,8 +4,8 @@ The bundle holds a small bootstrap (``__main__.py``), the pure-Python ``graflow`
 ``cloudpickle`` and ``pluggy`` packages this host uses, so the remote side needs nothing but a
 ``python3``: no network, no pip. ``python3 <bundle>`` runs it (Python executes zip files with a
 ``__main__.py``), with bytecode for this interpreter next to the sources so a cold start does not
-compile anything. The ``digest`` covers the sources and the interpreter's bytecode tag: a remote
-host or container that already has a file of that name has this exact runner.
+compile anything. ``digest`` is the sha256 of the archive's bytes: a remote host or container that
+already has a file of that name has this exact runner.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import hashlib
 import importlib._bootstrap_external
 import importlib.util
 import io
+import os
 import sys
+import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -113,12 +115,8 @@ def _compiled(name: str, source: bytes) -> bytes:
     return importlib._bootstrap_external._code_to_hash_pyc(code, source_hash, False)
 
 
-def build_bundle() -> RunnerBundle:
-    """Build the archive from the packages this process has imported.
-
-    The digest covers the sources and this interpreter's bytecode tag, so it names what the
-    runner will do (bytecode of equal sources may differ byte for byte between processes).
-    """
+def _sources() -> tuple[list[tuple[str, bytes]], str]:
+    """The archive's source entries and their digest (with this interpreter's bytecode tag)."""
     import cloudpickle
     import pluggy
 
@@ -128,20 +126,85 @@ def build_bundle() -> RunnerBundle:
     for module in (graflow, cloudpickle, pluggy):
         sources.extend((name, path.read_bytes()) for name, path in _package_files(module))
     digest = hashlib.sha256(sys.implementation.cache_tag.encode())
-    entries: list[tuple[str, bytes]] = []
     for name, data in sources:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-        entries.append((name, data))
-        if name.endswith(".py") and name != "__main__.py":
-            entries.append((name + "c", _compiled(name, data)))
+    return sources, digest.hexdigest()
+
+
+def _archive(sources: list[tuple[str, bytes]]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data)
-    return RunnerBundle(data=buffer.getvalue(), digest=digest.hexdigest())
+        for name, data in sources:
+            entries = [(name, data)]
+            if name.endswith(".py") and name != "__main__.py":
+                entries.append((name + "c", _compiled(name, data)))
+            for entry_name, entry_data in entries:
+                info = zipfile.ZipInfo(entry_name, date_time=_FIXED_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, entry_data)
+    return buffer.getvalue()
+
+
+def build_bundle() -> RunnerBundle:
+    """Build the archive from the packages this process has imported (not cached)."""
+    sources, _ = _sources()
+    data = _archive(sources)
+    return RunnerBundle(data=data, digest=hashlib.sha256(data).hexdigest())
+
+
+def cache_dir() -> Path:
+    """Where runner files are kept on this machine (``GRAFLOW_CACHE_DIR``, else ``~/.cache/graflow``)."""
+    configured = os.environ.get("GRAFLOW_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "graflow"
+
+
+def store_once(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` as ``folder/name`` unless that file exists; never replace an existing file.
+
+    Files are named by their content, so an existing file is the right one; replacing it would
+    pull it from under runners that read it lazily (zip imports reopen the archive). The data is
+    written to a temporary file and hard-linked into place, so readers never see a partial file.
+    """
+    path = folder / name
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process stored it first
+    finally:
+        os.unlink(tmp)
+    return path
+
+
+def _load_or_build() -> RunnerBundle:
+    """The bundle, with the same bytes for every process of this machine and graflow version.
+
+    Bytecode of equal sources can differ byte for byte between processes, so the first process
+    to build the archive stores it under the digest of its sources and later ones reuse those
+    bytes: every host process ships the identical runner, under the same content address.
+    """
+    sources, source_digest = _sources()
+    stored = cache_dir() / "bundles" / f"{source_digest}.pyz"
+    try:
+        data = stored.read_bytes()
+    except OSError:
+        data = _archive(sources)
+        try:
+            store_once(stored.parent, stored.name, data)
+            data = stored.read_bytes()  # the winner's bytes, if another process stored first
+        except OSError:
+            pass  # a read-only home: this process keeps its own bytes
+    return RunnerBundle(data=data, digest=hashlib.sha256(data).hexdigest())
 
 
 _cached: RunnerBundle | None = None
@@ -149,10 +212,10 @@ _cache_lock = threading.Lock()
 
 
 def runner_bundle() -> RunnerBundle:
-    """The bundle for this process (built once, then cached)."""
+    """The bundle for this process (built or loaded once, then cached)."""
     global _cached
     if _cached is None:
         with _cache_lock:
             if _cached is None:
-                _cached = build_bundle()
+                _cached = _load_or_build()
     return _cached

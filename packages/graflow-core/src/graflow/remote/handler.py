@@ -106,6 +106,19 @@ class _Runner:
         self.killed_for_timeout = False
         self.hello: dict[str, Any] = {}
         self.tasks_run = 0
+        self.seq = 0
+        self.fenced = 0  # the last task whose output has all been passed on
+        self.fence_seen = threading.Condition()
+
+    def saw_fence(self, seq: int) -> None:
+        with self.fence_seen:
+            self.fenced = max(self.fenced, seq)
+            self.fence_seen.notify_all()
+
+    def wait_for_output(self, seq: int, timeout: float = 2.0) -> None:
+        """Wait (briefly) until the task's output has been logged, so it comes before its result."""
+        with self.fence_seen:
+            self.fence_seen.wait_for(lambda: self.fenced >= seq, timeout)
 
     def kill_for_timeout(self) -> None:
         self.killed_for_timeout = True
@@ -204,6 +217,7 @@ class RemoteTaskHandler(TaskHandler):
         self._busy: set[_Runner] = set()
         self._lock = threading.Lock()
         self._lock_tokens = itertools.count(1)
+        self._closed = False
 
     # -- what subclasses provide -------------------------------------------------------------------
     @abstractmethod
@@ -243,6 +257,7 @@ class RemoteTaskHandler(TaskHandler):
         body = self._pickle_call(task, spec)
         runner = self._acquire()
         runner.task_id = task.task_id
+        runner.seq += 1
         timer = None
         timeout = getattr(task, "timeout", None)
         if timeout:
@@ -254,7 +269,7 @@ class RemoteTaskHandler(TaskHandler):
         try:
             if timer is not None:
                 timer.start()
-            runner.stream.send(protocol.TASK, body)
+            runner.stream.send(protocol.TASK, protocol.TASK_SEQ.pack(runner.seq) + body)
             result, healthy = self._serve(runner, task, context, tctx, locks, started, timeout)
             return result
         except (OSError, protocol.ProtocolError) as exc:
@@ -287,8 +302,9 @@ class RemoteTaskHandler(TaskHandler):
                 raise self._runner_failure(runner, task, timeout, started, None)
             kind, body = frame
             if kind == protocol.CALL:
-                stream.send(protocol.REPLY, self._answer(body, context, tctx, locks))
+                stream.send(protocol.REPLY, self._answer(body, runner.seq, context, tctx, locks))
             elif kind == protocol.DONE:
+                runner.wait_for_output(runner.seq)
                 try:
                     return cloudpickle.loads(body), True
                 except Exception as exc:
@@ -296,21 +312,35 @@ class RemoteTaskHandler(TaskHandler):
                         f"Task '{task.task_id}' returned a value this host cannot unpickle: {exc}", task.task_id
                     ) from exc
             elif kind == protocol.ERROR:
+                runner.wait_for_output(runner.seq)
                 raise self._task_exception(task.task_id, body)
             else:
                 raise protocol.ProtocolError(f"unexpected frame {kind!r} from the runner")
 
-    def _answer(self, body: bytes, context: ExecutionContext, tctx: TaskExecutionContext, locks: dict) -> bytes:
+    def _answer(
+        self, body: bytes, seq: int, context: ExecutionContext, tctx: TaskExecutionContext, locks: dict
+    ) -> bytes:
         import cloudpickle
+
         try:
-            target, method, args, kwargs = cloudpickle.loads(body)
+            call_seq, target, method, args, kwargs = cloudpickle.loads(body)
+            if call_seq != seq:
+                raise RuntimeError(
+                    "a thread left running by an earlier task called its context after that task had finished; "
+                    "join your threads before the task returns"
+                )
             if target == "channel" and method in _CHANNEL_METHODS:
                 value = getattr(context.channel, method)(*args, **kwargs)
-            elif target == "lock" and method == "acquire":
-                cm = context.channel.lock(*args, **kwargs)
-                cm.__enter__()
-                value = next(self._lock_tokens)
-                locks[value] = cm
+            elif target == "lock" and method == "try_acquire":
+                # never wait here: the runner retries, and this loop keeps serving (the holder's release)
+                cm = context.channel.lock(args[0], timeout=0)
+                try:
+                    cm.__enter__()
+                except TimeoutError:
+                    value = None
+                else:
+                    value = next(self._lock_tokens)
+                    locks[value] = cm
             elif target == "lock" and method == "release":
                 cm = locks.pop(args[0])
                 cm.__exit__(None, None, None)
@@ -439,7 +469,7 @@ class RemoteTaskHandler(TaskHandler):
     def _release(self, runner: _Runner, healthy: bool) -> None:
         with self._lock:
             self._busy.discard(runner)
-            keep = healthy and self.reuse and len(self._idle) < self.pool_size
+            keep = healthy and self.reuse and not self._closed and len(self._idle) < self.pool_size
             if keep:
                 self._idle.append(runner)
         if keep:
@@ -454,6 +484,15 @@ class RemoteTaskHandler(TaskHandler):
         holder: list[_Runner] = []
 
         def on_output(line: str) -> None:
+            at = line.find(protocol.OUTPUT_FENCE)
+            if at >= 0:
+                # the fence may share a line with output that did not end in a newline
+                if holder:
+                    with contextlib.suppress(ValueError):
+                        holder[0].saw_fence(int(line[at + len(protocol.OUTPUT_FENCE) :].strip()))
+                line = line[:at]
+                if not line:
+                    return
             output.append(line)
             task_id = holder[0].task_id if holder else None
             logger.info("[%s] %s", task_id or self.get_name(), line.rstrip("\n"))
@@ -464,18 +503,23 @@ class RemoteTaskHandler(TaskHandler):
         timer = threading.Timer(self.startup_timeout, process.kill)
         timer.daemon = True
         timer.start()
+        stray = ""
         try:
-            frame = runner.stream.recv()
+            frame = runner.stream.recv(max_body=protocol.MAX_HELLO)
+        except protocol.UnexpectedBytesError as exc:
+            frame, stray = None, f" It wrote {exc.leading!r} before the runner's greeting (a login script printing?)."
         except (OSError, protocol.ProtocolError):
             frame = None
         finally:
             timer.cancel()
         if frame is None or frame[0] != protocol.HELLO:
+            if stray:
+                process.kill()  # whatever is talking there is not a runner that will exit by itself
             code = process.wait(timeout=5)
             runner.discard()
             raise RemoteRunnerError(
                 f"The runner on {self.describe_target()} {process.exit_reason(code)} before it started (is "
-                f"'{self.python}' a Python 3 interpreter there?).{runner.output_tail()}"
+                f"'{self.python}' a Python 3 interpreter there?).{stray}{runner.output_tail()}"
             )
         runner.hello = json.loads(frame[1].decode("utf-8"))
         problem = version_mismatch(runner.hello)
@@ -485,7 +529,13 @@ class RemoteTaskHandler(TaskHandler):
         return runner
 
     def close(self) -> None:
+        """Stop idle runners now, and busy ones as soon as their task ends.
+
+        The handler still works afterwards (a closed handler starts a runner per task), so a run
+        that is still going finishes.
+        """
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for runner in idle:
             runner.finish()

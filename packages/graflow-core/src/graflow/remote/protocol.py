@@ -29,12 +29,29 @@ PONG = b"Q"
 EXIT = b"X"
 
 _HEADER = struct.Struct(">Ic")
+#: Written to stderr by the runner after a task's output and before its answer: the host waits
+#: for it, so output and answer arrive in order even over transports that carry stderr separately.
+OUTPUT_FENCE = "\x1egraflow-output-fence "
+
+#: A TASK body starts with the task's number on this runner; the runner's calls carry it back, so
+#: the host can refuse calls from threads an earlier task left behind.
+TASK_SEQ = struct.Struct(">Q")
 #: Frames above this size are refused as corrupt (a stray print on the protocol stream, say).
 MAX_FRAME = 1 << 34
+#: The greeting is small JSON; anything else first on the stream is not a runner talking.
+MAX_HELLO = 1 << 16
 
 
 class ProtocolError(Exception):
     """The byte stream does not follow the protocol (truncated, oversized or unknown frame)."""
+
+
+class UnexpectedBytesError(ProtocolError):
+    """The stream did not start with a frame the reader accepts (``leading`` holds what it read)."""
+
+    def __init__(self, leading: bytes) -> None:
+        super().__init__(f"unexpected bytes on the protocol stream: {leading!r}")
+        self.leading = leading
 
 
 class FrameStream:
@@ -54,12 +71,17 @@ class FrameStream:
         with self._write_lock:
             self._write(data)
 
-    def recv(self) -> tuple[bytes, bytes] | None:
-        """The next ``(kind, body)``, or None when the stream ended cleanly between frames."""
+    def recv(self, max_body: int = MAX_FRAME) -> tuple[bytes, bytes] | None:
+        """The next ``(kind, body)``, or None when the stream ended cleanly between frames.
+
+        A header announcing more than ``max_body`` bytes raises :class:`UnexpectedBytesError`.
+        """
         header = self._read_exactly(_HEADER.size, allow_eof=True)
         if header is None:
             return None
         length, kind = _HEADER.unpack(header)
+        if length > max_body:
+            raise UnexpectedBytesError(header)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes announced; the stream is corrupt")
         body = self._read_exactly(length, allow_eof=False) if length else b""

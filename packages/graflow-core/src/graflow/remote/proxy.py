@@ -60,7 +60,18 @@ class RemoteChannel(Channel):
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: float | None = 10.0) -> Iterator[None]:
-        token = self._call("lock", "acquire", (key, timeout), {})
+        # The host only ever *tries* the lock, so it keeps serving other calls of this task (the
+        # holder's release among them) while this one waits; the waiting happens here.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            token = self._call("lock", "try_acquire", (key,), {})
+            if token is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Could not take the channel lock {key!r} within {timeout} s")
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.05)
         try:
             yield
         finally:

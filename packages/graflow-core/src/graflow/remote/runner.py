@@ -29,8 +29,16 @@ class _Host:
         self.stream = stream
         self.lock = threading.Lock()
 
-    def call(self, target: str, method: str, args: tuple, kwargs: dict) -> Any:
-        body = cloudpickle.dumps((target, method, args, kwargs))
+    def caller(self, seq: int) -> Any:
+        """The call function of task number ``seq``: the host refuses calls of a finished task."""
+
+        def call(target: str, method: str, args: tuple, kwargs: dict) -> Any:
+            return self.call(seq, target, method, args, kwargs)
+
+        return call
+
+    def call(self, seq: int, target: str, method: str, args: tuple, kwargs: dict) -> Any:
+        body = cloudpickle.dumps((seq, target, method, args, kwargs))
         with self.lock:
             self.stream.send(protocol.CALL, body)
             frame = self.stream.recv()
@@ -77,7 +85,7 @@ def _load_error(exc: Exception) -> Exception:
 def _run(host: _Host, spec: dict[str, Any]) -> Any:
     args = list(spec["args"])
     if spec["inject_context"]:
-        args.insert(0, RemoteTaskContext(host.call, spec["info"]))
+        args.insert(0, RemoteTaskContext(host.caller(spec["seq"]), spec["info"]))
     func = spec["func"]
     result = func(*args, **spec["kwargs"])
     if inspect.isawaitable(result):
@@ -91,11 +99,25 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _fence(seq: int) -> None:
+    """Mark the end of a task's output on stderr (see ``protocol.OUTPUT_FENCE``)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a task may have closed or replaced its streams
+            pass
+    os.write(2, f"{protocol.OUTPUT_FENCE}{seq}\n".encode())
+
+
 def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> int:
     stream = protocol.FrameStream(proto_in.read, proto_out.write)
     host = _Host(stream)
     while True:
-        frame = stream.recv()
+        # under the call lock: a thread the last task left running cannot read this task's frames
+        with host.lock:
+            frame = stream.recv()
         if frame is None:
             return 0
         kind, body = frame
@@ -106,9 +128,12 @@ def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> int:
             continue
         if kind != protocol.TASK:
             raise protocol.ProtocolError(f"unexpected frame {kind!r} while waiting for a task")
+        (seq,) = protocol.TASK_SEQ.unpack_from(body[: protocol.TASK_SEQ.size])
         try:
-            spec = cloudpickle.loads(body)
+            spec = cloudpickle.loads(body[protocol.TASK_SEQ.size :])
+            spec["seq"] = seq
         except Exception as exc:  # noqa: BLE001 - reported to the host with what to do about it
+            _fence(seq)
             stream.send(protocol.ERROR, _error_body(_load_error(exc)))
             continue
         try:
@@ -116,6 +141,7 @@ def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> int:
         except (HostCallError, protocol.ProtocolError):
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure of the task goes back to the host
+            _fence(seq)
             stream.send(protocol.ERROR, _error_body(exc))
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 return 1
@@ -128,6 +154,8 @@ def serve(proto_in: BinaryIO, proto_out: BinaryIO) -> int:
                 f"pickled to send it back to the host: {exc}. Return plain data (or write the object somewhere "
                 f"the next task can read it)."
             )
+            _fence(seq)
             stream.send(protocol.ERROR, _error_body(TypeError(message)))
             continue
+        _fence(seq)
         stream.send(protocol.DONE, payload)

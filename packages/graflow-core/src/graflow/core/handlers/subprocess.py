@@ -8,48 +8,23 @@ control calls go through the remote-runner protocol). It is also the reference i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from graflow.exceptions import ConfigError
-from graflow.remote.bundle import RunnerBundle
+from graflow.remote.bundle import RunnerBundle, cache_dir, store_once
 from graflow.remote.handler import RemoteTaskHandler
 from graflow.remote.process import RemoteProcess
 
 
-def cache_dir() -> Path:
-    """Where bundles are kept on this machine (``GRAFLOW_CACHE_DIR``, else ``~/.cache/graflow``)."""
-    configured = os.environ.get("GRAFLOW_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "graflow"
-
-
 def store_bundle(bundle: RunnerBundle, folder: Path | None = None) -> Path:
-    """Write the bundle under its content-addressed name unless it is already there."""
-    folder = folder or cache_dir()
-    path = folder / bundle.filename
-    if path.exists() and path.stat().st_size == len(bundle.data):
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".runner-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(bundle.data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """The bundle as a file on this machine, under its content-addressed name."""
+    return store_once(folder or cache_dir(), bundle.filename, bundle.data)
 
 
 class ChildProcess(RemoteProcess):
