@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from graflow_testkit.services.common import ServiceUnavailable, in_ci, unavailable
+
 BASE_IMAGE = "graflow-test/python:3.11"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 LOCK_FILE = Path(tempfile.gettempdir()) / "graflow-testkit-docker.lock"
@@ -49,17 +51,12 @@ STARTUP_TIMEOUT = 90.0
 _thread_lock = threading.RLock()
 
 
-class DockerUnavailable(RuntimeError):
+class DockerUnavailable(ServiceUnavailable):
     """No Docker engine could be reached or started; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------------------------
 # small helpers
-
-
-def in_ci() -> bool:
-    """True when running under CI (``CI=true``), where a server that cannot start fails the test."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def _run(argv: list[str], timeout: float = 60.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -401,11 +398,7 @@ def build_image(tag: str, dockerfile: str, files: dict[str, bytes | str] | None 
 
 
 def _unavailable(reason: str) -> None:
-    import pytest
-
-    if in_ci():
-        pytest.fail(f"Docker is required under CI=true but is unavailable: {reason}", pytrace=False)
-    pytest.skip(f"Docker unavailable: {reason}")
+    unavailable(f"Docker unavailable: {reason}", "Docker")
 
 
 def require_docker() -> dict[str, Any]:

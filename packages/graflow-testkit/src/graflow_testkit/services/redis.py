@@ -32,35 +32,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from graflow_testkit.services.common import ServiceUnavailable, free_port, in_ci
+from graflow_testkit.services.common import unavailable as _unavailable
+
 #: Where the redis-server binary is looked for besides ``PATH`` (Debian's package puts it here).
 _BINARY_CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
 _APT_INSTALL = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "redis-server"]
 _APT_UPDATE = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "update"]
 
 
-class ServiceUnavailable(RuntimeError):
-    """A test service could not be installed or started; the message says why and what to try."""
-
-
-def in_ci() -> bool:
-    """True when the ``CI`` environment variable says so (``CI=true``, as CI runners set it)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
 
 def unavailable(reason: str) -> None:
     """Skip the current test with ``reason``, or fail it under ``CI=true``. Never returns."""
-    import pytest
-
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: tests that need this server must not be skipped)", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    _unavailable(reason, "redis-server")
 
 
 def find_redis_server(install: bool = True) -> str:

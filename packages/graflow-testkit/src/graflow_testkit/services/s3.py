@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from graflow_testkit.services.common import ServiceUnavailable, free_port, unavailable
+
 DEFAULT_REGION = "us-east-1"
 ACCESS_KEY_ID = "graflow-test-key"
 SECRET_ACCESS_KEY = "graflow-test-secret"
@@ -53,19 +54,8 @@ START_TIMEOUT = 60.0
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
-class ServiceUnavailable(RuntimeError):
-    """The server could not be installed or started; the message says why."""
-
-
 class _ExitedEarly(ServiceUnavailable):
     """The server process ended during start-up (its output is in the message)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _has_moto_server() -> bool:
@@ -275,9 +265,7 @@ def _stop_leftovers() -> None:
 
 def service_unavailable(reason: str) -> None:
     """Fail (under ``CI=true``) or skip the current test because a server is missing."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"S3 test server unavailable (CI=true, so this fails instead of skipping): {reason}")
-    pytest.skip(f"S3 test server unavailable: {reason}")
+    unavailable(f"S3 test server unavailable: {reason}", "the S3 server")
 
 
 @pytest.fixture(scope="session")

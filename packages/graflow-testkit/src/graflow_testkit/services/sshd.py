@@ -39,34 +39,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from graflow_testkit.services.common import ServiceUnavailable, free_port, in_ci
+from graflow_testkit.services.common import unavailable as _unavailable
+
 SSHD = "/usr/sbin/sshd"
 DEFAULT_USER = "graflowtest"
 _APT = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
 
 
-class ServiceUnavailable(RuntimeError):
-    """sshd could not be installed or started; the message says why and what to try."""
-
-
-def in_ci() -> bool:
-    """True when the ``CI`` environment variable says so (``CI=true``, as CI runners set it)."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
 
 def unavailable(reason: str) -> None:
     """Skip the current test with ``reason``, or fail it under ``CI=true``. Never returns."""
-    import pytest
-
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: tests that need sshd must not be skipped)", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    _unavailable(reason, "sshd")
 
 
 def _run(command: list[str], timeout: float = 120.0, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
