@@ -747,6 +747,20 @@ def test_misspelt_hook_in_an_installed_plugin_fails_loudly(tmp_path: Path) -> No
 
 def test_trace_plugins_logs_hook_calls() -> None:
     code = """
+        from graflow import plugins
+        print(plugins.names("task_handler"))
+    """
+    proc = run_python(code, env={"GRAFLOW_TRACE_PLUGINS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "call graflow_register_task_handlers" in proc.stderr
+    # only the hook of the kind looked up runs
+    assert "graflow_register_channels" not in proc.stderr
+    quiet = run_python(code)
+    assert "graflow_register_task_handlers" not in quiet.stderr
+
+
+def test_a_run_on_defaults_calls_no_registration_hook() -> None:
+    code = """
         from graflow import task, workflow
         with workflow("w") as wf:
             @task
@@ -756,12 +770,8 @@ def test_trace_plugins_logs_hook_calls() -> None:
     """
     proc = run_python(code, env={"GRAFLOW_TRACE_PLUGINS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert "call graflow_register_channels" in proc.stderr
-    # only the hooks of the kinds looked up run: a plain workflow needs no handler, queue or store
-    assert "graflow_register_task_handlers" not in proc.stderr
-    assert "graflow_register_checkpoint_stores" not in proc.stderr
-    quiet = run_python(code)
-    assert "graflow_register_channels" not in quiet.stderr
+    assert proc.stdout.strip() == "1"
+    assert "graflow_register_" not in proc.stderr
 
 
 def test_a_lookup_builds_only_its_own_kind() -> None:

@@ -22,10 +22,17 @@ class ChannelFactory:
         Raises :class:`~graflow.exceptions.PluginNotFoundError` for an unknown backend and
         :class:`~graflow.exceptions.ConfigError` for options the backend does not accept.
         """
-        # Imported here so that importing graflow.channels does not load the plugin machinery.
-        from graflow.plugins import get_channel_class
+        if backend == "memory":
+            # Core's default needs no plugin scan: a run on defaults starts without importing any
+            # installed backend (a plugin cannot take this name: core registers it).
+            from graflow.channels.memory_channel import MemoryChannel
 
-        cls = get_channel_class(backend)
+            cls: type = MemoryChannel
+        else:
+            # Imported here so that importing graflow.channels does not load the plugin machinery.
+            from graflow.plugins import get_channel_class
+
+            cls = get_channel_class(backend)
         channel = cls(name, **kwargs)
         if not isinstance(channel, Channel):
             raise TypeError(
