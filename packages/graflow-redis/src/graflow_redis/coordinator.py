@@ -228,7 +228,7 @@ class RedisCoordinator(Coordinator):
                     horizon = queue.result_ttl - (time.monotonic() - dispatched) - 5.0
                     self._apply_back(own_channel, mirror, before, results, context, horizon)
             finally:
-                queue.delete_keys(reply_key, marker)
+                queue.delete_keys(*queue.reply_keys(reply_key), marker)
                 if mirror is not None:
                     mirror.cleanup()
         return results

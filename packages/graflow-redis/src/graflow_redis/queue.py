@@ -11,6 +11,16 @@ a message at its ``max_deliveries`` goes to the dead-letter queue (``<prefix>:dl
 reason, and its producer is told. So delivery is at-least-once: a task whose worker died runs
 again elsewhere; nothing is lost, and a task that keeps killing its workers stops doing so.
 
+Three more ways a message could be stranded are closed too. The reaper only walks registered
+workers, so it also sweeps (``SCAN``, at most every :attr:`RedisTaskQueue.orphan_sweep_interval`
+seconds) the ``<prefix>:inflight:*`` lists of workers that are neither registered nor heartbeating,
+for a fetch that completed after its worker unregistered. A command retried after a broken
+connection may already have run: a worker whose fetch was retried puts back on the queue whatever
+its in-flight list holds that it never received, and a producer moves replies onto a list of its
+own (``<reply key>:taken``) and deletes them only once handled, so a reply is never lost with an
+answer. A worker that dead-letters a message it no longer holds (the reaper took it for dead and
+redelivered it) leaves it alone: it is live on its queue again.
+
 Why lists and not streams: ``BLMOVE`` gives the move into a per-worker in-flight list in one
 round trip, the in-flight list *is* the ownership record (no separate pending-entries bookkeeping
 to trim), redelivery depends on the worker's heartbeat rather than on an idle time that a long but
@@ -35,15 +45,18 @@ still waiting for.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graflow.exceptions import ConfigError, GraflowRuntimeError, TaskError
+from graflow.pickling import pickled_by_value
 from graflow.queue.base import TaskQueue
 from graflow.worker.broker import DEFAULT_MAX_DELIVERIES, Broker, DeadLetter, Delivery
 from graflow_redis import scripts, signing
@@ -85,6 +98,24 @@ class _Sent:
         self.tag = tag
 
 
+class _Reconcile:
+    """A look at a worker's in-flight list after a retried fetch, due once ``waiting`` fetches returned."""
+
+    __slots__ = ("inflight", "queue", "snapshot", "waiting", "worker_id")
+
+    def __init__(self, inflight: str, queue: str, worker_id: str, snapshot: list[bytes]) -> None:
+        self.inflight = inflight
+        self.queue = queue
+        self.worker_id = worker_id
+        self.snapshot = snapshot
+        self.waiting: set[int] = set()
+
+
+def _glob(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def _check_name(what: str, value: Any) -> str:
     if not isinstance(value, str) or not value or any(c in value for c in "| \t\r\n"):
         raise ConfigError(f"{what} must be a non-empty string without spaces or '|', got {value!r}")
@@ -118,6 +149,10 @@ class RedisTaskQueue(TaskQueue, Broker):
     name = "redis"
     aliases = ("distributed",)
     broker_name = "redis"
+    #: :meth:`reap` sweeps for in-flight lists of vanished workers at most this often (seconds).
+    orphan_sweep_interval = 30.0
+    #: A swept list written less than this many seconds ago is left alone (a fetch may be completing).
+    orphan_min_idle = 10.0
 
     def __init__(
         self,
@@ -196,6 +231,16 @@ class RedisTaskQueue(TaskQueue, Broker):
         self._submit_reply_key: str | None = None
         self._submitted: dict[str, _Sent] = {}
         self._outcomes: dict[str, tuple[JobReply | None, str | None]] = {}
+        # worker side: what this object handed out and not yet settled, per in-flight list (see fetch)
+        self._held_lock = threading.Lock()
+        self._held: dict[str, Counter[bytes]] = {}
+        self._fetching: dict[str, set[int]] = {}
+        self._reconciling: dict[str, list[_Reconcile]] = {}
+        self._unchecked: set[str] = set()  # in-flight lists to reconcile after the next fetch that works
+        self._fetch_tokens = itertools.count()
+        self._next_orphan_sweep = 0.0
+        # producer side: reply lists whose taken list may hold replies not handled yet (see collect)
+        self._unhandled_replies: set[str] = set()
         self.execution_context = execution_context
         if execution_context is not None:
             self.attach(execution_context)
@@ -279,28 +324,182 @@ class RedisTaskQueue(TaskQueue, Broker):
         return {"size": self.size(), "queue": self.queue_name, "queue_depth": waiting, "dead_letter_depth": dead}
 
     # -- Broker: what workers call -------------------------------------------------------------------------------
+    # A worker's in-flight list is its ownership record; this object also remembers which of those
+    # messages it handed out and not yet settled (acknowledged, handed back or dead-lettered). When a
+    # fetch had to be retried after a broken connection, Redis may have moved a message whose answer
+    # never arrived: it sits in the in-flight list with nobody working on it, and the reaper leaves a
+    # live worker's messages alone. So after such a retry the list is reconciled: whatever is in it
+    # that this object does not know of (once the fetches that were under way have returned theirs)
+    # goes back to the front of its queue.
     def fetch(self, queue: str, worker_id: str, timeout: float) -> Delivery | None:
         qkey = self.key("q", queue)
         inflight = self.key("inflight", worker_id, queue)
-        raw = self.connection.run(lambda r: r.blmove(qkey, inflight, timeout, "RIGHT", "LEFT"), "BLMOVE")
-        if raw is None:
-            return None
-        return self._delivery(raw, queue, worker_id)
+        token = self._fetch_started(inflight)
+        attempts = 0
+        delivery = None
+
+        def take(r: Any) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return r.blmove(qkey, inflight, timeout, "RIGHT", "LEFT")
+
+        failed = True
+        try:
+            raw = self.connection.run(take, "BLMOVE")
+            if raw is not None:
+                delivery = self._delivery(raw, queue, worker_id)
+            failed = False
+        finally:
+            self._fetch_done(inflight, queue, worker_id, token, (delivery,) if delivery else (), attempts > 1, failed)
+        return delivery
 
     def fetch_batch(self, queue: str, worker_id: str, count: int, timeout: float) -> list[Delivery]:
         if count <= 1:
             return super().fetch_batch(queue, worker_id, count, timeout)
         qkey = self.key("q", queue)
         inflight = self.key("inflight", worker_id, queue)
-        raws = self._eval(scripts.FETCH_MANY, [qkey, inflight], [int(count)], "fetch")
+        script = self._script(scripts.FETCH_MANY)
+        token = self._fetch_started(inflight)
+        attempts = 0
+        out: list[Delivery] = []
+
+        def take(r: Any) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return script(keys=[qkey, inflight], args=[int(count)], client=r)
+
+        failed = True
+        try:
+            raws = self.connection.run(take, "fetch")
+            for raw in raws or ():
+                delivery = self._delivery(raw, queue, worker_id)
+                if delivery is not None:
+                    out.append(delivery)
+            failed = False
+        finally:
+            self._fetch_done(inflight, queue, worker_id, token, out, attempts > 1, failed)
         if not raws:
             return super().fetch_batch(queue, worker_id, 1, timeout)
-        out = []
-        for raw in raws:
-            delivery = self._delivery(raw, queue, worker_id)
-            if delivery is not None:
-                out.append(delivery)
         return out
+
+    def _fetch_started(self, inflight: str) -> int:
+        with self._held_lock:
+            token = next(self._fetch_tokens)
+            self._fetching.setdefault(inflight, set()).add(token)
+        return token
+
+    def _fetch_done(
+        self,
+        inflight: str,
+        queue: str,
+        worker_id: str,
+        token: int,
+        deliveries: Iterable[Delivery],
+        retried: bool,
+        failed: bool,
+    ) -> None:
+        """A fetch returned ``deliveries`` (now held here); run the reconciliations it was the last one
+        to wait for, and start one if it was retried. A fetch that failed may have moved a message
+        too: the next one that works on that list starts the reconciliation (Redis is back then)."""
+        due: list[_Reconcile] = []
+        with self._held_lock:
+            if failed:
+                self._unchecked.add(inflight)
+                retried = False
+            elif inflight in self._unchecked:
+                self._unchecked.discard(inflight)
+                retried = True
+            held = self._held.setdefault(inflight, Counter())
+            for delivery in deliveries:
+                held[delivery.raw] += 1
+            fetching = self._fetching.get(inflight)
+            if fetching is not None:
+                fetching.discard(token)
+                if not fetching:
+                    del self._fetching[inflight]
+            if not held:
+                del self._held[inflight]
+            checks = self._reconciling.get(inflight)
+            if checks:
+                for check in checks:
+                    check.waiting.discard(token)
+                due = [c for c in checks if not c.waiting]
+                rest = [c for c in checks if c.waiting]
+                if rest:
+                    self._reconciling[inflight] = rest
+                else:
+                    del self._reconciling[inflight]
+        if retried:
+            due.extend(self._start_reconcile(inflight, queue, worker_id))
+        for check in due:
+            self._finish_reconcile(check)
+
+    def _start_reconcile(self, inflight: str, queue: str, worker_id: str) -> list[_Reconcile]:
+        """Snapshot the in-flight list; the check is due once the fetches under way now have returned
+        (a message they moved is theirs, not lost)."""
+        try:
+            snapshot = self.connection.run(lambda r: r.lrange(inflight, 0, -1), "LRANGE")
+        except Exception as exc:  # noqa: BLE001 - Redis down again: the next fetch that works tries again
+            logger.warning(
+                "worker %s: cannot check its in-flight list of '%s' after a retry: %s", worker_id, queue, exc
+            )
+            with self._held_lock:
+                self._unchecked.add(inflight)
+            return []
+        if not snapshot:
+            return []
+        check = _Reconcile(inflight, queue, worker_id, snapshot)
+        with self._held_lock:
+            check.waiting = set(self._fetching.get(inflight, ()))
+            if check.waiting:
+                self._reconciling.setdefault(inflight, []).append(check)
+                return []
+        return [check]
+
+    def _finish_reconcile(self, check: _Reconcile) -> None:
+        with self._held_lock:
+            strays = Counter(check.snapshot) - self._held.get(check.inflight, Counter())
+        if not strays:
+            return
+        qkey = self.key("q", check.queue)
+        moved = 0
+        try:
+            for raw, copies in strays.items():
+                for _ in range(copies):
+                    moved += int(self._eval(scripts.REQUEUE, [check.inflight, qkey], [raw], "hand back"))
+        except Exception as exc:  # noqa: BLE001 - tried again after the next fetch that works
+            logger.warning(
+                "worker %s: could not hand back messages of queue '%s' whose fetch answer was lost: %s",
+                check.worker_id,
+                check.queue,
+                exc,
+            )
+            with self._held_lock:
+                self._unchecked.add(check.inflight)
+        if moved:
+            logger.warning(
+                "worker %s: handed %d message(s) back to queue '%s': Redis moved them to this worker but the "
+                "answer was lost with the connection",
+                check.worker_id,
+                moved,
+                check.queue,
+            )
+
+    def _settled(self, worker_id: str, deliveries: Iterable[Delivery]) -> None:
+        """These deliveries are no longer held here (acknowledged, handed back or dead-lettered)."""
+        with self._held_lock:
+            for delivery in deliveries:
+                inflight = self.key("inflight", worker_id, delivery.queue)
+                held = self._held.get(inflight)
+                if held is None:
+                    continue
+                count = held.get(delivery.raw, 0)
+                if count > 1:
+                    held[delivery.raw] = count - 1
+                elif count == 1:
+                    del held[delivery.raw]
+                    if not held:
+                        del self._held[inflight]
 
     def _delivery(self, raw: bytes, queue: str, worker_id: str) -> Delivery | None:
         try:
@@ -337,6 +536,7 @@ class RedisTaskQueue(TaskQueue, Broker):
         data = signing.encode_reply(self.signer, delivery.id, reply) if reply is not None and delivery.reply_to else b""
         reply_key = delivery.reply_to or inflight
         self._eval(scripts.ACK, [inflight, reply_key], [delivery.raw, data, self._ttl_ms()], "acknowledge")
+        self._settled(worker_id, (delivery,))
 
     def ack_batch(self, items: Sequence[tuple[Delivery, bytes | None]], worker_id: str) -> None:
         if len(items) == 1:
@@ -361,13 +561,27 @@ class RedisTaskQueue(TaskQueue, Broker):
             pipe.execute()
 
         self.connection.run(run, "acknowledge")
+        self._settled(worker_id, (delivery for delivery, _ in items))
 
     def requeue(self, delivery: Delivery, worker_id: str) -> None:
         inflight = self.key("inflight", worker_id, delivery.queue)
         self._eval(scripts.REQUEUE, [inflight, self.key("q", delivery.queue)], [delivery.raw], "hand back")
+        self._settled(worker_id, (delivery,))
 
     def dead_letter(self, delivery: Delivery, worker_id: str, reason: str) -> None:
-        self._bury(delivery.raw, delivery.queue, worker_id, reason, delivery.id, delivery.reply_to, delivery.deliveries)
+        buried = self._bury(
+            delivery.raw, delivery.queue, worker_id, reason, delivery.id, delivery.reply_to, delivery.deliveries
+        )
+        self._settled(worker_id, (delivery,))
+        if not buried:
+            logger.warning(
+                "worker %s: message %s of queue '%s' was not dead-lettered (%s): this worker no longer held it; "
+                "it was redelivered meanwhile, and that delivery answers",
+                worker_id,
+                delivery.id,
+                delivery.queue,
+                reason,
+            )
 
     def _bury(
         self,
@@ -378,7 +592,8 @@ class RedisTaskQueue(TaskQueue, Broker):
         message_id: str | None,
         reply_key: str,
         deliveries: int,
-    ) -> None:
+    ) -> bool:
+        """Dead-letter ``raw``; False when ``worker_id`` no longer held it (nothing done then)."""
         import hashlib
 
         header = json.dumps(
@@ -394,11 +609,13 @@ class RedisTaskQueue(TaskQueue, Broker):
         )
         inflight = self.key("inflight", worker_id, queue) if worker_id else ""
         dead = signing.dead_reply(message_id, reason) if (message_id and reply_key) else b""
-        self._eval(
-            scripts.DEAD_LETTER,
-            [inflight, self.key("dlq", queue), reply_key or self.key("dlq", queue)],
-            [raw, header, dead, self._ttl_ms()],
-            "dead-letter",
+        return bool(
+            self._eval(
+                scripts.DEAD_LETTER,
+                [inflight, self.key("dlq", queue), reply_key or self.key("dlq", queue)],
+                [raw, header, dead, self._ttl_ms()],
+                "dead-letter",
+            )
         )
 
     def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
@@ -421,7 +638,62 @@ class RedisTaskQueue(TaskQueue, Broker):
         )
         if dead:
             logger.error("%d message(s) were dead-lettered after too many deliveries (see `graflow dlq list`)", dead)
-        return int(requeued) + int(dead)
+        moved = int(requeued) + int(dead)
+        if worker_id is None:
+            now = time.monotonic()
+            if now >= self._next_orphan_sweep:
+                self._next_orphan_sweep = now + self.orphan_sweep_interval
+                moved += self.reap_orphans()
+        return moved
+
+    def reap_orphans(self, min_idle: float | None = None) -> int:
+        """Redeliver the messages of in-flight lists whose worker is gone; return how many moved.
+
+        :meth:`reap` only walks registered workers. A list whose worker is no longer registered (it
+        unregistered while a fetch of its was still completing, or its registration was lost) and
+        does not heartbeat is found here by ``SCAN`` over ``<prefix>:inflight:*``, and its messages
+        are redelivered (or dead-lettered) as the reaper does. Lists written less than ``min_idle``
+        seconds ago (default :attr:`orphan_min_idle`) are left for a later sweep. :meth:`reap` runs
+        this at most every :attr:`orphan_sweep_interval` seconds.
+        """
+        idle = self.orphan_min_idle if min_idle is None else float(min_idle)
+        head = self.key("inflight", "")
+        pattern = _glob(head) + "*"
+        workers_key = self.key("workers")
+
+        def survey(r: Any) -> tuple[list[bytes], dict[bytes, bytes]]:
+            return list(r.scan_iter(match=pattern, count=1000)), r.hgetall(workers_key)
+
+        keys, registered = self.connection.run(survey, "SCAN")
+        served = {
+            w.decode("utf-8", "replace"): set(q.decode("utf-8", "replace").split(",")) for w, q in registered.items()
+        }
+        known_queues = set().union(*served.values()) if served else set()
+        requeued = dead = 0
+        for key in keys:
+            try:
+                rest = key.decode("utf-8")[len(head) :]
+            except UnicodeDecodeError:
+                continue
+            readings = [(rest[:i], rest[i + 1 :]) for i, c in enumerate(rest) if c == ":" and 0 < i < len(rest) - 1]
+            if not readings or any(q in served.get(w, ()) for w, q in readings):
+                continue  # a registered worker's list: the reaper's business
+            # Which reading names the queue: the script prefers one whose queue has messages waiting,
+            # then the first given; queues that live workers serve come first.
+            readings.sort(key=lambda reading: reading[1] not in known_queues)
+            args: list[Any] = [self.key_prefix, repr(time.time()), self._ttl_ms(), idle]
+            for w, q in readings:
+                args += [w, q]
+            r_count, d_count = self._eval(scripts.REAP_ORPHAN, [workers_key, key], args, "reap")
+            requeued += int(r_count)
+            dead += int(d_count)
+        if requeued or dead:
+            logger.warning(
+                "redelivered %d and dead-lettered %d message(s) held in the in-flight lists of workers that are gone",
+                requeued,
+                dead,
+            )
+        return requeued + dead
 
     def load_blob(self, key: str) -> bytes | None:
         return self.connection.run(lambda r: r.get(key), "GET")
@@ -584,6 +856,11 @@ class RedisTaskQueue(TaskQueue, Broker):
         parts.append(token)
         return self.key(*parts)
 
+    @staticmethod
+    def taken_key(reply_key: str) -> str:
+        """Where :meth:`collect` keeps the replies of ``reply_key`` it took until it handled them."""
+        return reply_key + ":taken"
+
     def collect(
         self,
         reply_key: str,
@@ -601,52 +878,100 @@ class RedisTaskQueue(TaskQueue, Broker):
         Meanwhile: redeliver dead workers' messages every ``reap_interval``; if ``marker`` (a key
         set at send time) vanished, Redis lost its data, so call ``recover`` and send again
         everything still pending. Raises :class:`QueueTimeoutError` after ``timeout`` seconds.
+
+        Replies are never only in flight on a connection: each wait moves them (``BLMOVE``) onto
+        :meth:`taken_key`, where they stay until handled; a wait retried after a broken connection
+        first reads what the lost answer had taken. Handling a reply twice is harmless (the second
+        finds its message no longer pending).
         """
         conn = self.connection
+        taken = self.taken_key(reply_key)
+        ttl_ms = self._ttl_ms()
+        take_more = self._script(scripts.TAKE_REPLIES)
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         next_check = started + 1.0
         next_reap = started + min(self.reap_interval, 1.0)
+        # leftovers: the taken list may hold replies not handled yet; handled: it holds handled ones only
+        leftovers = reply_key in self._unhandled_replies
+        handled = False
 
-        def pop(r: Any, wait: float, many: bool) -> list[bytes]:
-            item = r.blpop([reply_key], timeout=wait)
-            if item is None:
-                return []
-            if not many:
-                return [item[1]]
-            rest = r.lpop(reply_key, _REPLY_BATCH) or []
-            return [item[1], *rest]
+        def clear_leftovers() -> None:
+            nonlocal leftovers
+            leftovers = False
 
-        while pending:
-            wait = 1.0
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise QueueTimeoutError(
-                        f"No reply from the workers within {timeout:g}s for {len(pending)} task(s) on queue(s) "
-                        f"{sorted({s.queue for s in pending.values()})} at {self.url}. Check that workers run "
-                        f"(graflow worker --redis-url ... --queue NAME) or raise the timeout."
-                    )
-                wait = max(0.01, min(wait, remaining))
-            many = len(pending) > 1
-            raws = conn.run(lambda r, w=wait, m=many: pop(r, w, m), "waiting for replies")
-            for raw in raws:
-                self._handle_reply(raw, pending, on_reply)
-            if not pending or (stop_early is not None and stop_early()):
-                return
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 1.0
-                ttl = max(1, int(self.result_ttl))
-                if marker is not None and not conn.run(lambda r, t=ttl: r.expire(marker, t), "EXPIRE"):
-                    self._recover(marker, pending, recover)
-            if now >= next_reap:
-                next_reap = now + self.reap_interval
+        def take(wait: float, many: bool) -> list[bytes]:
+            attempts = 0
+
+            def op(r: Any) -> list[bytes]:
+                nonlocal attempts
+                attempts += 1
+                if leftovers or attempts > 1:
+                    # what an earlier wait took and nobody handled (its answer was lost), first
+                    items = r.lrange(taken, 0, -1)
+                    if items:
+                        return items
+                    clear_leftovers()
+                pipe = r.pipeline(transaction=False)
+                if handled and attempts == 1:
+                    pipe.delete(taken)
+                pipe.blmove(reply_key, taken, wait, "LEFT", "RIGHT")
+                pipe.pexpire(taken, ttl_ms)
+                item = pipe.execute()[-2]
+                if item is None:
+                    return []
+                if not many:
+                    return [item]
+                return list(take_more(keys=[reply_key, taken], args=[_REPLY_BATCH - 1, ttl_ms], client=r))
+
+            return conn.run(op, "waiting for replies")
+
+        busy = False  # between taking replies and having handled them all
+        try:
+            while pending:
+                wait = 1.0
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise QueueTimeoutError(
+                            f"No reply from the workers within {timeout:g}s for {len(pending)} task(s) on queue(s) "
+                            f"{sorted({s.queue for s in pending.values()})} at {self.url}. Check that workers run "
+                            f"(graflow worker --redis-url ... --queue NAME) or raise the timeout."
+                        )
+                    wait = max(0.01, min(wait, remaining))
+                busy = True
+                raws = take(wait, len(pending) > 1)
+                for raw in raws:
+                    self._handle_reply(raw, pending, on_reply)
+                busy = False
+                handled = bool(raws)  # after an empty wait the taken list is empty
+                if raws:
+                    leftovers = False
+                    self._unhandled_replies.discard(reply_key)
+                if not pending or (stop_early is not None and stop_early()):
+                    return
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    ttl = max(1, int(self.result_ttl))
+                    if marker is not None and not conn.run(lambda r, t=ttl: r.expire(marker, t), "EXPIRE"):
+                        self._recover(marker, pending, recover)
+                if now >= next_reap:
+                    next_reap = now + self.reap_interval
+                    try:
+                        self.reap()
+                    except Exception as exc:  # noqa: BLE001 - reaping is best effort; workers reap too
+                        logger.debug("reaper failed: %s", exc)
+                    self._warn_if_no_workers(pending)
+            busy = False
+        finally:
+            if busy:
+                self._unhandled_replies.add(reply_key)  # the next collect on this reply list reads them first
+            elif handled:
                 try:
-                    self.reap()
-                except Exception as exc:  # noqa: BLE001 - reaping is best effort; workers reap too
-                    logger.debug("reaper failed: %s", exc)
-                self._warn_if_no_workers(pending)
+                    conn.run(lambda r: r.delete(taken), "DEL")
+                except Exception as exc:  # noqa: BLE001 - it expires; a handled reply is ignored if read again
+                    logger.debug("could not delete %s: %s", taken, exc)
 
     def _handle_reply(
         self,
@@ -729,6 +1054,11 @@ class RedisTaskQueue(TaskQueue, Broker):
         names = [k for k in keys if k]
         if names:
             self.connection.run(lambda r: r.delete(*names), "DEL")
+            self._unhandled_replies.difference_update(names)
+
+    def reply_keys(self, reply_key: str) -> tuple[str, str]:
+        """The keys one producer wait uses: its reply list and the list of replies it took."""
+        return reply_key, self.taken_key(reply_key)
 
     def withdraw(self, sent: _Sent) -> bool:
         """Take a message back if no worker took it yet (True when it was still queued)."""
@@ -740,7 +1070,7 @@ class RedisTaskQueue(TaskQueue, Broker):
         from graflow.worker.jobs import dumps
 
         try:
-            with _by_value(self.pickle_by_value):
+            with pickled_by_value(self.pickle_by_value):
                 return dumps(job)
         except Exception as exc:
             raise TaskError(
@@ -839,11 +1169,12 @@ class RedisTaskQueue(TaskQueue, Broker):
         try:
             self.collect(reply_key, pending, on_reply, marker=marker, timeout=self.timeout)
         finally:
-            # Answered: the reply list emptied itself (a late duplicate recreates it with a ttl).
+            # Answered: the reply list emptied itself and collect dropped what it took (a late duplicate
+            # recreates the reply list with a ttl).
             if pending:
                 for sent in pending.values():
                     self.withdraw(sent)
-                self.delete_keys(reply_key)
+                self.delete_keys(*self.reply_keys(reply_key))
         if box.get("error") is not None:
             raise TaskError(f"Task '{tid}' did not run on a worker: {box['error']}", tid)
         return apply_task_reply(context, tctx, box["reply"])
@@ -871,34 +1202,5 @@ def _detached() -> None:
 
 
 DistributedTaskQueue = RedisTaskQueue
-
-_by_value_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _by_value(modules: Sequence[str]) -> Iterator[None]:
-    if not modules:
-        yield
-        return
-    import importlib
-    import sys
-
-    import cloudpickle
-
-    with _by_value_lock:
-        registered = []
-        try:
-            for name in modules:
-                module = sys.modules.get(name) or importlib.import_module(name)
-                try:
-                    cloudpickle.register_pickle_by_value(module)
-                except ValueError:
-                    continue
-                registered.append(module)
-            yield
-        finally:
-            for module in registered:
-                cloudpickle.unregister_pickle_by_value(module)
-
 
 __all__ = ["DEFAULT_QUEUE", "DistributedTaskQueue", "QueueTimeoutError", "RedisTaskQueue"]

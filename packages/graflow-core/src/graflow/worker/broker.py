@@ -89,7 +89,11 @@ class Broker(ABC):
 
     @abstractmethod
     def dead_letter(self, delivery: Delivery, worker_id: str, reason: str) -> None:
-        """Move an in-flight payload to its queue's dead-letter queue and tell its producer why."""
+        """Move an in-flight payload to its queue's dead-letter queue and tell its producer why.
+
+        Nothing happens when ``worker_id`` no longer holds it: it was redelivered meanwhile (the
+        worker was taken for dead) and is live again; that delivery answers for it.
+        """
 
     @abstractmethod
     def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
@@ -203,7 +207,8 @@ class MemoryBroker(Broker):
 
     def dead_letter(self, delivery: Delivery, worker_id: str, reason: str) -> None:
         with self._cond:
-            self._in_flight.get(worker_id, {}).pop(delivery.id, None)
+            if self._in_flight.get(worker_id, {}).pop(delivery.id, None) is None:
+                return  # redelivered meanwhile (its worker was taken for dead): that delivery answers
             self._bury(delivery, reason, worker_id)
 
     def _bury(self, delivery: Delivery, reason: str, worker_id: str) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from graflow.core.context import ExecutionContext, TaskExecutionContext, _local
 from graflow.core.graph import TaskGraph
 from graflow.core.handler import TaskResult
-from graflow.core.task import NO_DATA, Executable, ParallelGroup, SequentialTask
+from graflow.core.task import NO_DATA, Executable, ParallelGroup, SequentialTask, collect_nodes
 from graflow.exceptions import ConfigError, GraflowRuntimeError, TaskError, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ class WorkerTaskContext(TaskExecutionContext):
     def next_task(self, executable: Executable, goto: bool = False) -> str:
         if not isinstance(executable, Executable):
             raise ConfigError(f"next_task() takes a task, got {type(executable).__name__}")
-        nodes = _walk(executable)
+        nodes = collect_nodes(executable)
         edges = [(node.task_id, succ.task_id) for node in nodes for succ in node._pending_edges]
         entry = executable.leftmost if isinstance(executable, SequentialTask) else executable
         try:
@@ -263,23 +263,6 @@ class WorkerTaskContext(TaskExecutionContext):
                 f"deferred=False (it is written right after the task completes)."
             )
         return super().checkpoint(metadata, path=path, deferred=True)
-
-
-def _walk(executable: Executable) -> list[Executable]:
-    """Every node ``ctx.adopt`` would add for ``executable`` (chains, group members, pending edges)."""
-    seen: set[int] = set()
-    order: list[Executable] = []
-    stack = list(executable._nodes()) if isinstance(executable, SequentialTask) else [executable]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        order.append(node)
-        if isinstance(node, ParallelGroup):
-            stack.extend(n for member in node.tasks for n in member._nodes())
-        stack.extend(node._pending_edges)
-    return order
 
 
 # -- jobs --------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ supervisor (or ``graflow worker`` itself, by re-executing) starts a fresh proces
 
 Graceful shutdown (SPEC §4.10): :meth:`TaskWorker.request_stop` (first SIGTERM/SIGINT) stops
 taking work; running jobs get ``shutdown_timeout`` seconds to finish; the rest are handed back to
-the front of their queue; then the worker unregisters and :meth:`run` returns :data:`EXIT_OK`.
+the front of their queue; once every fetch under way has returned (what it took is handed back too),
+the worker unregisters and :meth:`run` returns :data:`EXIT_OK`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ EXIT_ERROR = 1
 
 _BACKOFF_MAX = 2.0
 _ACK_BATCH = 32
+#: Seconds beyond ``poll_interval`` a stopping worker waits for a thread blocked in a fetch to return.
+_FETCH_JOIN_GRACE = 5.0
 _ABANDONED: Any = object()
 
 
@@ -194,6 +197,8 @@ class TaskWorker:
         self._beat_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._executors: list[threading.Thread] = []
+        self._fetchers: list[threading.Thread] = []
+        self._stuck_threads: set[int] = set()  # executors abandoned in task code; they take no more work
         self._started = False
         self._shutting_down = False
         self._finished = 0
@@ -273,7 +278,7 @@ class TaskWorker:
         self._spawn(self._maintenance_loop, "graflow-maintenance")
         if len(self.queues) > 1:
             for name in self.queues:
-                self._spawn(lambda n=name: self._fetch_loop(n), f"graflow-fetch-{name}")
+                self._fetchers.append(self._spawn(lambda n=name: self._fetch_loop(n), f"graflow-fetch-{name}"))
         for _ in range(self.concurrency):
             self._executors.append(self._spawn(self._executor_loop, "graflow-executor"))
         logger.info(
@@ -341,8 +346,27 @@ class TaskWorker:
                 entry.delivery.queue,
             )
             self._retry_forever(lambda e=entry: self.queue.requeue(e.delivery, self.worker_id), "hand back", 10.0)
-        for thread in self._executors:
-            thread.join(timeout=self.poll_interval + 1.0)
+        # Every thread that may be blocked in a fetch (BLMOVE, up to poll_interval) must have returned
+        # before the worker unregisters: a message such a fetch takes afterwards would sit in the
+        # in-flight list of a worker that no longer exists (the reaper's sweep of in-flight lists is
+        # the safety net for a fetch that outlives even this wait). Fetchers hand back what they take
+        # once stopping; what they queued here is handed back below.
+        with self._lock:
+            stuck = set(self._stuck_threads)
+            stuck.update(ident for ident, e in self._running.items() if e.state.abandoned)
+        me = threading.current_thread()
+        takers = [t for t in (*self._fetchers, *self._executors) if t.ident not in stuck and t is not me]
+        join_until = time.monotonic() + self.poll_interval + _FETCH_JOIN_GRACE
+        for thread in takers:
+            thread.join(timeout=max(0.0, join_until - time.monotonic()))
+        late = [t.name for t in takers if t.is_alive()]
+        if late:
+            logger.warning(
+                "worker %s: %d thread(s) still busy after the shutdown wait (%s); unregistering anyway",
+                self.worker_id,
+                len(late),
+                ", ".join(sorted(set(late))),
+            )
         self._requeue_ready()
         self._beat_stop.set()
         try:
@@ -624,6 +648,7 @@ class TaskWorker:
                 return
             state.abandoned = True
             del self._running[ident]
+            self._stuck_threads.add(ident)
         task_id, timeout = state.timed_out or (state.task_id or "?", state.timeout or 0.0)
         reply = JobReply(task_id)
         reply.fail(TaskTimeoutError(task_id, timeout, time.monotonic() - state.started))
