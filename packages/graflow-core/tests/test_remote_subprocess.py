@@ -21,6 +21,7 @@ from graflow.core.handlers.subprocess import SubprocessTaskHandler
 from graflow.core.task import chain, parallel
 from graflow.core.workflow import workflow
 from graflow.exceptions import ConfigError, TaskError, TaskTimeoutError
+from graflow.pickling import is_user_module
 from graflow.remote import (
     RemoteRunnerError,
     RemoteTaskError,
@@ -28,7 +29,7 @@ from graflow.remote import (
     RemoteVersionMismatchError,
     runner_bundle,
 )
-from graflow.remote.handler import is_user_module, version_mismatch
+from graflow.remote.handler import version_mismatch
 from graflow_testkit.handlers import TaskHandlerConformance
 
 CORE_SRC = Path(__file__).resolve().parents[1] / "src"

@@ -319,7 +319,7 @@ class ExecutionContext:
 
     def adopt(self, executable: Executable) -> None:
         """Add a task created at run time to the graph, with the edges wired from it meanwhile."""
-        from graflow.core.task import ParallelGroup
+        from graflow.core.task import ParallelGroup, collect_nodes
 
         with self.state_lock:
             if not self._owns_graph:
@@ -327,18 +327,7 @@ class ExecutionContext:
                 self.graph = self.graph.copy()
                 self._owns_graph = True
             graph = self.graph
-            seen: set[int] = set()
-            stack = [executable]
-            order: list[Executable] = []
-            while stack:
-                node = stack.pop()
-                if id(node) in seen:
-                    continue
-                seen.add(id(node))
-                order.append(node)
-                if isinstance(node, ParallelGroup):
-                    stack.extend(n for member in node.tasks for n in member._nodes())
-                stack.extend(node._pending_edges)
+            order = collect_nodes(executable)
             for node in order:
                 if not (graph.has_node(node.task_id) and graph.get_node(node.task_id) is node):
                     graph.add_node(node)

@@ -757,6 +757,24 @@ def _next_group_name(graph: TaskGraph | None) -> str:
     return f"ParallelGroup_{next(_group_counter)}"
 
 
+def collect_nodes(executable: Executable) -> list[Executable]:
+    """Every node that adding ``executable`` to a graph adds: a chain's tasks, group members and
+    their tails, and every task wired from them (``_pending_edges``), each once, in visiting order."""
+    seen: set[int] = set()
+    order: list[Executable] = []
+    stack = list(executable._nodes()) if isinstance(executable, SequentialTask) else [executable]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        if isinstance(node, ParallelGroup):
+            stack.extend(n for member in node.tasks for n in member._nodes())
+        stack.extend(node._pending_edges)
+    return order
+
+
 def chain(*tasks: Executable) -> SequentialTask:
     """``chain(a, b, c)`` is ``a >> b >> c``."""
     if not tasks:
@@ -782,5 +800,6 @@ __all__ = [
     "Task",
     "TaskWrapper",
     "chain",
+    "collect_nodes",
     "parallel",
 ]

@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib
 import itertools
 import json
 import logging
-import os
-import site
 import sys
-import sysconfig
 import threading
 import time
 from abc import abstractmethod
@@ -36,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from graflow.core.handler import TaskHandler
 from graflow.exceptions import ConfigError, TaskError, TaskTimeoutError
+from graflow.pickling import by_value_modules, pickled_by_value
 from graflow.remote import protocol
 from graflow.remote.bundle import RunnerBundle, runner_bundle
 from graflow.remote.process import RemoteProcess
@@ -143,40 +140,6 @@ class _Runner:
         if not lines:
             return " It wrote nothing to stderr."
         return " Its last output:\n  " + "\n  ".join(lines[-15:])
-
-
-_by_value_lock = threading.Lock()
-_system_dirs: tuple[str, ...] | None = None
-
-
-def _installed_dirs() -> tuple[str, ...]:
-    global _system_dirs
-    if _system_dirs is None:
-        dirs = set()
-        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-            with contextlib.suppress(Exception):
-                dirs.add(sysconfig.get_paths()[key])
-        with contextlib.suppress(Exception):
-            dirs.update(site.getsitepackages())
-        with contextlib.suppress(Exception):
-            dirs.add(site.getusersitepackages())
-        _system_dirs = tuple(os.path.realpath(d) + os.sep for d in dirs if d)
-    return _system_dirs
-
-
-def is_user_module(name: str) -> bool:
-    """Whether ``name`` is the user's own code (not installed, not shipped in the bundle).
-
-    Such modules may not exist where the task runs, so their functions and classes travel by
-    value instead of by reference.
-    """
-    if name in ("__main__", "builtins") or name.split(".")[0] in ("graflow", "cloudpickle", "pluggy"):
-        return False
-    module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    if not path:
-        return False
-    return not os.path.realpath(path).startswith(_installed_dirs())
 
 
 class RemoteTaskHandler(TaskHandler):
@@ -405,34 +368,20 @@ class RemoteTaskHandler(TaskHandler):
 
     def _pickle_call(self, task: Executable, spec: dict[str, Any]) -> bytes:
         import cloudpickle
-        modules = list(self.pickle_by_value)
-        module_name = getattr(spec["func"], "__module__", None)
-        if module_name and is_user_module(module_name):
-            modules.append(module_name)
-        with _by_value_lock:
-            registered = []
-            try:
-                for name in modules:
-                    module = sys.modules.get(name) or importlib.import_module(name)
-                    try:
-                        cloudpickle.register_pickle_by_value(module)
-                    except ValueError:
-                        continue  # already registered (by the user, or by an enclosing package)
-                    registered.append(module)
+
+        try:
+            with pickled_by_value(by_value_modules(spec["func"], self.pickle_by_value)):
                 return cloudpickle.dumps(spec)
-            except ImportError as exc:
-                raise ConfigError(
-                    f"Task '{task.task_id}': pickle_by_value names module {exc.name!r}, which cannot be imported here"
-                ) from exc
-            except Exception as exc:
-                raise TaskError(
-                    f"Task '{task.task_id}' cannot be sent to {self.describe_target()}: its function or arguments "
-                    f"cannot be pickled ({type(exc).__name__}: {exc}). Pass plain data between tasks.",
-                    task.task_id,
-                ) from exc
-            finally:
-                for module in registered:
-                    cloudpickle.unregister_pickle_by_value(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"Task '{task.task_id}': pickle_by_value names module {exc.name!r}, which cannot be imported here"
+            ) from exc
+        except Exception as exc:
+            raise TaskError(
+                f"Task '{task.task_id}' cannot be sent to {self.describe_target()}: its function or arguments "
+                f"cannot be pickled ({type(exc).__name__}: {exc}). Pass plain data between tasks.",
+                task.task_id,
+            ) from exc
 
     # -- runners ------------------------------------------------------------------------------------
     def _acquire(self) -> _Runner:

@@ -168,24 +168,11 @@ class RemoteTaskContext:
 
 def _spawn_parts(executable: Any) -> tuple[list[Any], list[tuple[str, str]], str]:
     """Split a task made in the runner into nodes and edges (pickling a task keeps no edges)."""
-    from graflow.core.task import Executable, ParallelGroup, SequentialTask
+    from graflow.core.task import Executable, SequentialTask, collect_nodes
 
     if not isinstance(executable, Executable):
         raise TypeError(f"next_task() takes a task, got {type(executable).__name__}")
     entry = executable.leftmost if isinstance(executable, SequentialTask) else executable
-    seen: set[int] = set()
-    stack = list(executable._nodes()) if isinstance(executable, SequentialTask) else [executable]
-    nodes: list[Any] = []
-    edges: list[tuple[str, str]] = []
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        if isinstance(node, ParallelGroup):
-            stack.extend(n for member in node.tasks for n in member._nodes())
-        for succ in node._pending_edges:
-            edges.append((node.task_id, succ.task_id))
-            stack.append(succ)
+    nodes = collect_nodes(executable)
+    edges = [(node.task_id, succ.task_id) for node in nodes for succ in node._pending_edges]
     return nodes, edges, entry.task_id
