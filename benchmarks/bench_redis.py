@@ -400,12 +400,6 @@ def measure_graflow(redis_url: str, n_tasks: int, n_workers: int) -> dict[str, A
         BENCH_RESULTS_KEY=RESULTS_KEY,
         PYTHONPATH=os.pathsep.join([str(workdir), env["PYTHONPATH"]]),
     )
-    # A Redis worker host needs graflow-core and graflow-redis only. The monorepo's dev environment
-    # also has the docker/ssh/s3 plugins installed, whose packages import their SDKs when the worker
-    # loads the plugin registry; they are switched off here so the RSS is a Redis worker's.
-    others = _other_plugins()
-    if others:
-        env["GRAFLOW_DISABLE_PLUGINS"] = ",".join(others)
     os.environ["BENCH_BROKER_URL"] = redis_url
     os.environ["BENCH_RESULTS_KEY"] = RESULTS_KEY
     sys.path.insert(0, str(workdir))
@@ -459,15 +453,7 @@ def measure_graflow(redis_url: str, n_tasks: int, n_workers: int) -> dict[str, A
     result = summarize(records, first_send)
     result["worker_rss_mb"] = max(rss)
     result["max_queue_depth"] = GRAFLOW_MAX_QUEUE_DEPTH
-    result["disabled_plugins"] = others
     return result
-
-
-def _other_plugins() -> list[str]:
-    """Entry points of the ``graflow`` group other than core's and graflow-redis's."""
-    from importlib.metadata import entry_points
-
-    return sorted({ep.name for ep in entry_points(group="graflow")} - {"core", "redis"})
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
