@@ -13,19 +13,25 @@ from graflow_testkit.services.sshd import SSHServer
 pytestmark = pytest.mark.ssh
 
 
+def _handler(sshd: SSHServer, **settings: object) -> SSHTaskHandler:
+    return SSHTaskHandler(
+        host=sshd.host,
+        port=sshd.port,
+        user=sshd.user,
+        key_filename=str(sshd.client_key),
+        known_hosts=str(sshd.known_hosts),
+        allow_agent=False,
+        **settings,
+    )
+
+
 class TestSSHHandlerConformance(TaskHandlerConformance):
     stops_timed_out_tasks = True
 
     @pytest.fixture(scope="class")
-    def handler(self, sshd: SSHServer) -> Iterator[SSHTaskHandler]:
-        handler = SSHTaskHandler(
-            host=sshd.host,
-            port=sshd.port,
-            user=sshd.user,
-            key_filename=str(sshd.client_key),
-            known_hosts=str(sshd.known_hosts),
-            allow_agent=False,
-        )
+    @classmethod
+    def handler(cls, sshd: SSHServer) -> Iterator[SSHTaskHandler]:
+        handler = _handler(sshd)
         yield handler
         handler.close()
 
@@ -34,16 +40,8 @@ class TestSSHHandlerConformanceReuse(TaskHandlerConformance):
     stops_timed_out_tasks = True
 
     @pytest.fixture(scope="class")
-    def handler(self, sshd: SSHServer) -> Iterator[SSHTaskHandler]:
-        handler = SSHTaskHandler(
-            host=sshd.host,
-            port=sshd.port,
-            user=sshd.user,
-            key_filename=str(sshd.client_key),
-            known_hosts=str(sshd.known_hosts),
-            allow_agent=False,
-            reuse=True,
-            pool_size=2,
-        )
+    @classmethod
+    def handler(cls, sshd: SSHServer) -> Iterator[SSHTaskHandler]:
+        handler = _handler(sshd, reuse=True, pool_size=2)
         yield handler
         handler.close()
