@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import cloudpickle
 from redis.exceptions import ResponseError, WatchError
 
-from graflow.channels.base import SNAPSHOT_TTL, SNAPSHOT_VALUE, Channel, check_ttl
+from graflow.channels.base import SNAPSHOT_TTL, SNAPSHOT_VALUE, Channel, check_ttl, snapshot_entries
 from graflow.exceptions import ConfigError
 from graflow_redis.connection import RedisConnection
 
@@ -585,16 +585,7 @@ class RedisChannel(Channel):
     def restore(self, snapshot: Mapping[str, Mapping[str, Any]]) -> None:
         """Replace this channel's keys with exactly ``snapshot``, in one transaction."""
         writes: list[tuple[str, Any, int | None]] = []
-        for key, entry in snapshot.items():
-            if not isinstance(entry, Mapping) or SNAPSHOT_VALUE not in entry:
-                raise ValueError(
-                    f"Malformed channel snapshot entry for key {key!r}: expected {{'value': ..., 'ttl': ...}}, "
-                    f"got {type(entry).__name__}. Pass what Channel.snapshot() returned."
-                )
-            ttl = entry.get(SNAPSHOT_TTL)
-            if ttl is not None and ttl <= 0:
-                continue
-            value = entry[SNAPSHOT_VALUE]
+        for key, value, ttl in snapshot_entries(snapshot):
             rkey = self.redis_key(key)
             if type(value) is list and value:
                 writes.append((rkey, [encode(item) for item in value], None if ttl is None else _ms(ttl)))

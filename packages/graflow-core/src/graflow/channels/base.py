@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
@@ -159,6 +159,23 @@ class Channel(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+def snapshot_entries(snapshot: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, Any, float | None]]:
+    """``(key, value, ttl)`` of every live entry of a snapshot, for ``restore`` implementations.
+
+    Entries whose ttl ran out are left out; a malformed entry raises ValueError naming its key.
+    """
+    for key, entry in snapshot.items():
+        if not isinstance(entry, Mapping) or SNAPSHOT_VALUE not in entry:
+            raise ValueError(
+                f"Malformed channel snapshot entry for key {key!r}: expected {{'value': ..., 'ttl': ...}}, "
+                f"got {type(entry).__name__}. Pass what Channel.snapshot() returned."
+            )
+        ttl = entry.get(SNAPSHOT_TTL)
+        if ttl is not None and ttl <= 0:
+            continue
+        yield key, entry[SNAPSHOT_VALUE], ttl
+
+
 def check_ttl(ttl: float | None) -> float | None:
     """Validate a ttl argument so every backend rejects the same bad values the same way.
 
@@ -174,4 +191,4 @@ def check_ttl(ttl: float | None) -> float | None:
     return float(ttl)
 
 
-__all__ = ["SNAPSHOT_TTL", "SNAPSHOT_VALUE", "Channel", "check_ttl"]
+__all__ = ["SNAPSHOT_TTL", "SNAPSHOT_VALUE", "Channel", "check_ttl", "snapshot_entries"]

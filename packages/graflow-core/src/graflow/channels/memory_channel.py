@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
-from graflow.channels.base import SNAPSHOT_TTL, SNAPSHOT_VALUE, Channel, check_ttl
+from graflow.channels.base import SNAPSHOT_TTL, SNAPSHOT_VALUE, Channel, check_ttl, snapshot_entries
 
 _MISSING: Any = object()
 # Sweep expired keys once the ttl table grows past this many entries (then past twice its live size).
@@ -255,16 +255,7 @@ class MemoryChannel(Channel):
         entries: dict[str, Any] = {}
         deadlines: dict[str, float] = {}
         now = time.monotonic()
-        for key, entry in snapshot.items():
-            if not isinstance(entry, Mapping) or SNAPSHOT_VALUE not in entry:
-                raise ValueError(
-                    f"Malformed channel snapshot entry for key {key!r}: expected {{'value': ..., 'ttl': ...}}, "
-                    f"got {type(entry).__name__}. Pass what Channel.snapshot() returned."
-                )
-            ttl = entry.get(SNAPSHOT_TTL)
-            if ttl is not None and ttl <= 0:
-                continue
-            value = entry[SNAPSHOT_VALUE]
+        for key, value, ttl in snapshot_entries(snapshot):
             # Copy lists so later appends do not write through into the caller's snapshot.
             entries[key] = list(value) if isinstance(value, list) else value
             if ttl is not None:

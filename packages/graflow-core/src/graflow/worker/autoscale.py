@@ -260,13 +260,11 @@ def run_autoscaled(
     the first SIGTERM/SIGINT stops scaling and drains every process (exit code 0 once they are
     done), a second one stops them at once (their tasks are redelivered). Returns the exit code.
     """
-    import os
-    import signal
     import sys
 
     from graflow.exceptions import GraflowError
     from graflow.worker import cli
-    from graflow.worker.supervisor import Supervisor
+    from graflow.worker.supervisor import Supervisor, handle_stop_signals
 
     def fail(message: str) -> int:
         sys.stderr.write(f"graflow worker: {message}\n")
@@ -301,25 +299,12 @@ def run_autoscaled(
         "autoscale: %d to %d worker processes (%d task(s) each), shrinking after %gs of lower demand",
         low, high, options.concurrency, scale_down_after,
     )
-    received = {"count": 0}
-
-    def handler(signum: int, frame: Any) -> None:
-        received["count"] += 1
-        name = signal.Signals(signum).name
+    def stop_resizing() -> None:
         scaler = holder.get("scaler")
         if scaler is not None:
             scaler.stop(timeout=0)
-        if received["count"] == 1:
-            cli._say(f"graflow worker: received {name}: draining the workers; send it again to exit at once\n")
-            supervisor.request_stop(f"received {name}")
-        else:
-            cli._say(f"graflow worker: received {name} again: stopping the workers now\n")
-            supervisor.abort(signum)
-            os._exit(128 + signum)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+    handle_stop_signals(supervisor, stop_resizing)
     try:
         return supervisor.run()
     finally:

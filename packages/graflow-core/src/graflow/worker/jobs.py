@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from graflow.core.context import ExecutionContext, TaskExecutionContext, _local
 from graflow.core.graph import TaskGraph
@@ -41,6 +41,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CACHE_SIZE = 3
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """The ``_CACHE_SIZE`` most recently used entries, thread-safe."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > _CACHE_SIZE:
+                self._items.popitem(last=False)
 
 
 class JobError(GraflowRuntimeError):
@@ -108,32 +131,24 @@ class WorkerRuntime:
 
         self.broker = broker
         self.engine = WorkflowEngine()
-        self._channels: OrderedDict[bytes, Channel] = OrderedDict()
-        self._graphs: OrderedDict[str, TaskGraph] = OrderedDict()
-        self._lock = threading.Lock()
+        self._channels: _Recent[bytes, Channel] = _Recent()
+        self._graphs: _Recent[str, TaskGraph] = _Recent()
 
     def channel(self, blob: bytes) -> Channel:
-        with self._lock:
-            channel = self._channels.get(blob)
-            if channel is not None:
-                self._channels.move_to_end(blob)
-                return channel
+        channel = self._channels.get(blob)
+        if channel is not None:
+            return channel
         try:
             channel = _loads(blob)
         except Exception as exc:
             raise JobError(f"The run's channel cannot be rebuilt on this worker: {type(exc).__name__}: {exc}") from exc
-        with self._lock:
-            self._channels[blob] = channel
-            while len(self._channels) > _CACHE_SIZE:
-                self._channels.popitem(last=False)
+        self._channels.put(blob, channel)
         return channel
 
     def graph(self, key: str) -> TaskGraph:
-        with self._lock:
-            graph = self._graphs.get(key)
-            if graph is not None:
-                self._graphs.move_to_end(key)
-                return graph
+        graph = self._graphs.get(key)
+        if graph is not None:
+            return graph
         blob = self.broker.load_blob(key) if self.broker is not None else None
         if blob is None:
             raise JobError(
@@ -143,10 +158,7 @@ class WorkerRuntime:
             graph = _loads(blob)
         except Exception as exc:
             raise JobError(f"The workflow graph {key!r} cannot be unpickled here: {type(exc).__name__}: {exc}") from exc
-        with self._lock:
-            self._graphs[key] = graph
-            while len(self._graphs) > _CACHE_SIZE:
-                self._graphs.popitem(last=False)
+        self._graphs.put(key, graph)
         return graph
 
 

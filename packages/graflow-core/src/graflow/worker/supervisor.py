@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from graflow.exceptions import ConfigError, GraflowError
@@ -348,19 +349,19 @@ class _MergedCollector:
         yield dead
 
 
-def run_supervisor(options: cli.WorkerOptions, processes: int | None = None) -> int:
-    """``graflow worker --processes N``: supervise until signalled; return the exit code."""
-    try:
-        broker = cli.build_broker(options)
-    except GraflowError as exc:
-        sys.stderr.write(f"graflow worker: {exc}\n")
-        return 2
-    supervisor = Supervisor(options, options.processes if processes is None else processes, broker=broker)
+def handle_stop_signals(supervisor: Supervisor, on_signal: Callable[[], None] | None = None) -> None:
+    """SIGTERM / SIGINT drain the workers; a second one stops them at once and exits.
+
+    ``on_signal`` runs first on every signal (the autoscaler stops resizing). Only the main thread
+    can install handlers; elsewhere (tests driving a supervisor) nothing is installed.
+    """
     received = {"count": 0}
 
     def handler(signum: int, frame: Any) -> None:
         received["count"] += 1
         name = signal.Signals(signum).name
+        if on_signal is not None:
+            on_signal()
         if received["count"] == 1:
             cli._say(f"graflow worker: received {name}: draining the workers; send it again to exit at once\n")
             supervisor.request_stop(f"received {name}")
@@ -372,6 +373,17 @@ def run_supervisor(options: cli.WorkerOptions, processes: int | None = None) -> 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+def run_supervisor(options: cli.WorkerOptions, processes: int | None = None) -> int:
+    """``graflow worker --processes N``: supervise until signalled; return the exit code."""
+    try:
+        broker = cli.build_broker(options)
+    except GraflowError as exc:
+        sys.stderr.write(f"graflow worker: {exc}\n")
+        return 2
+    supervisor = Supervisor(options, options.processes if processes is None else processes, broker=broker)
+    handle_stop_signals(supervisor)
     try:
         return supervisor.run()
     finally:

@@ -32,7 +32,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from graflow_testkit.services.common import ServiceUnavailable, free_port, in_ci
+from graflow_testkit.services.common import (
+    ServiceUnavailable,
+    free_port,
+    in_ci,
+    server_fixture,
+    start_or_unavailable,
+)
 from graflow_testkit.services.common import unavailable as _unavailable
 
 #: Where the redis-server binary is looked for besides ``PATH`` (Debian's package puts it here).
@@ -335,13 +341,7 @@ def _stop_leftovers() -> None:
 
 def start_or_skip(**options: Any) -> RedisServer:
     """Start a :class:`RedisServer`; when that fails, skip the test (fail it under ``CI=true``)."""
-    server = RedisServer(**options)
-    try:
-        return server.start()
-    except (ServiceUnavailable, OSError, subprocess.SubprocessError) as exc:
-        server.cleanup()
-        unavailable(f"cannot start redis-server: {exc}")
-        raise  # unreachable: unavailable() always raises
+    return start_or_unavailable(RedisServer(**options), "redis-server")
 
 
 def redis_server_fixture(scope: str = "session", **options: Any) -> Callable[..., Iterator[RedisServer]]:
@@ -350,17 +350,7 @@ def redis_server_fixture(scope: str = "session", **options: Any) -> Callable[...
     Put ``redis_server = redis_server_fixture()`` in a ``conftest.py``; ``options`` go to
     :class:`RedisServer` (``password=``, ``extra_args=``).
     """
-    import pytest
-
-    @pytest.fixture(scope=scope)  # type: ignore[misc]
-    def _fixture() -> Iterator[RedisServer]:
-        server = start_or_skip(**options)
-        try:
-            yield server
-        finally:
-            server.cleanup()
-
-    return _fixture
+    return server_fixture(lambda: start_or_skip(**options), scope)
 
 
 __all__ = [

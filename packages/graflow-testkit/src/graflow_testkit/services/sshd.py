@@ -39,7 +39,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from graflow_testkit.services.common import ServiceUnavailable, free_port, in_ci
+from graflow_testkit.services.common import (
+    ServiceUnavailable,
+    free_port,
+    in_ci,
+    server_fixture,
+    start_or_unavailable,
+)
 from graflow_testkit.services.common import unavailable as _unavailable
 
 SSHD = "/usr/sbin/sshd"
@@ -439,13 +445,7 @@ class SSHServer:
 
 def start_or_skip(**options: Any) -> SSHServer:
     """Start an :class:`SSHServer`; when that fails, skip the test (fail it under ``CI=true``)."""
-    server = SSHServer(**options)
-    try:
-        return server.start()
-    except (ServiceUnavailable, OSError, subprocess.SubprocessError) as exc:
-        server.cleanup()
-        unavailable(f"cannot start sshd: {exc}")
-        raise  # unreachable: unavailable() always raises
+    return start_or_unavailable(SSHServer(**options), "sshd")
 
 
 def sshd_server_fixture(scope: str = "session", **options: Any) -> Callable[..., Iterator[SSHServer]]:
@@ -454,17 +454,7 @@ def sshd_server_fixture(scope: str = "session", **options: Any) -> Callable[...,
     Put ``sshd_server = sshd_server_fixture()`` in a ``conftest.py``; ``options`` go to
     :class:`SSHServer` (``password_auth=True``, ``max_sessions=``).
     """
-    import pytest
-
-    @pytest.fixture(scope=scope)  # type: ignore[misc]
-    def _fixture() -> Iterator[SSHServer]:
-        server = start_or_skip(**options)
-        try:
-            yield server
-        finally:
-            server.cleanup()
-
-    return _fixture
+    return server_fixture(lambda: start_or_skip(**options), scope)
 
 
 __all__ = [
