@@ -9,6 +9,7 @@ reaper's sweep over ``<prefix>:inflight:*`` is the safety net for lists whose wo
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -215,3 +216,36 @@ def test_the_sweep_finds_the_queue_when_names_contain_colons(server: RedisServer
         assert client.lrange(third_key, 0, -1) == [third]
     finally:
         queue.close()
+
+
+class _SlowBeatBroker(RedisTaskQueue):
+    """A broker whose heartbeat is in flight (slow network) when the worker stops."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopping = threading.Event()
+        self.beat_in_flight = threading.Event()
+
+    def heartbeat(self, worker_id: str, queues: Any, timeout: float) -> None:
+        if self.stopping.is_set():
+            self.beat_in_flight.set()
+            time.sleep(0.5)  # the HSET lands half a second after the stop began
+        super().heartbeat(worker_id, queues, timeout)
+
+
+def test_a_heartbeat_in_flight_at_shutdown_does_not_reregister_the_worker(
+    server: RedisServer, client: Any, prefix: str
+) -> None:
+    broker = _SlowBeatBroker(None, url=server.url, key_prefix=prefix)
+    worker = TaskWorker(broker, worker_id="ghost", queues=["a"], poll_interval=0.05, heartbeat_interval=0.05)
+    try:
+        worker.start()
+        assert client.hget(f"{prefix}:workers", "ghost") is not None, "registered at start"
+        broker.stopping.set()
+        assert broker.beat_in_flight.wait(5), "no heartbeat started after the stop began"
+        worker.stop(timeout=1)
+        time.sleep(0.7)  # longer than the slow heartbeat: had it landed after unregistering, it is visible now
+        assert client.hget(f"{prefix}:workers", "ghost") is None, "a late heartbeat re-registered a stopped worker"
+    finally:
+        worker.stop(timeout=1)
+        broker.close()

@@ -198,6 +198,7 @@ class TaskWorker:
         self._threads: list[threading.Thread] = []
         self._executors: list[threading.Thread] = []
         self._fetchers: list[threading.Thread] = []
+        self._heartbeat_thread: threading.Thread | None = None
         self._stuck_threads: set[int] = set()  # executors abandoned in task code; they take no more work
         self._started = False
         self._shutting_down = False
@@ -274,7 +275,7 @@ class TaskWorker:
                 collector, self.metrics_port, self.metrics_addr
             )
         self._started = True
-        self._spawn(self._heartbeat_loop, "graflow-heartbeat")
+        self._heartbeat_thread = self._spawn(self._heartbeat_loop, "graflow-heartbeat")
         self._spawn(self._maintenance_loop, "graflow-maintenance")
         if len(self.queues) > 1:
             for name in self.queues:
@@ -369,6 +370,11 @@ class TaskWorker:
             )
         self._requeue_ready()
         self._beat_stop.set()
+        # A heartbeat in flight when the stop was set would re-register the worker after it
+        # unregistered (a ghost entry until its timeout); let it land first.
+        beat = self._heartbeat_thread
+        if beat is not None and beat is not me:
+            beat.join(timeout=_FETCH_JOIN_GRACE)
         try:
             self.queue.unregister(self.worker_id)
         except Exception as exc:  # noqa: BLE001 - the heartbeat expires anyway
