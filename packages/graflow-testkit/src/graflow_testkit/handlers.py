@@ -345,5 +345,40 @@ class TaskHandlerConformance(ExpectedFailures):
         error = info.value if isinstance(info.value, TaskTimeoutError) else info.value.__cause__
         assert isinstance(error, TaskTimeoutError)
 
+    def test_a_sibling_canceling_the_workflow_stops_the_task(self, handler: TaskHandler) -> None:
+        if not self.stops_timed_out_tasks:
+            pytest.skip("this handler runs tasks in-process and cannot stop them (stops_timed_out_tasks = False)")
+
+        @task(handler=NAME, inject_context=True)
+        def hang(ctx: TaskExecutionContext) -> str:
+            import time
+
+            ctx.get_channel().set("hang.started", True)
+            time.sleep(120)
+            return "woke up"
+
+        @task(inject_context=True)
+        def stopper(ctx: TaskExecutionContext) -> None:
+            import time
+
+            channel = ctx.get_channel()
+            deadline = time.monotonic() + 60
+            while not channel.get("hang.started", False) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            ctx.cancel_workflow("stop everything")
+
+        with workflow("conformance-sibling-cancel") as wf:
+            parallel(hang, stopper)
+        context = ExecutionContext.create(wf.graph, None, max_steps=1000)
+        engine = WorkflowEngine()
+        engine.register_handler(NAME, handler)
+        with pytest.raises(GraflowWorkflowCanceledError) as info:
+            engine.execute(context)
+        assert info.value.task_id == "stopper"
+        assert context.channel.get("hang.started") is True, "the task under test had started"
+        # had the task not been stopped, the group would have waited for it and it would count as done
+        assert "hang" not in context.completed_tasks
+        assert "stopper" in context.completed_tasks
+
 
 __all__ = ["ConformanceError", "TaskHandlerConformance"]

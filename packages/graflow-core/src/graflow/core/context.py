@@ -9,9 +9,12 @@ are recorded on it and carried out by the engine when the task returns.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from graflow.core.cycle import CycleController
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from graflow.queue.base import TaskQueue
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 _local = threading.local()
 
@@ -270,6 +275,7 @@ class ExecutionContext:
         self.canceled: tuple[str, str | None] | None = None
         self.last_result: Any = None
         self.state_lock = threading.RLock()
+        self._cancel_listeners: list[Callable[[], None]] = []
 
     @classmethod
     def create(
@@ -409,6 +415,38 @@ class ExecutionContext:
             raise ConfigError(f"{what}() can only be called from inside a running task")
         return tctx
 
+    def mark_canceled(self, message: str, task_id: str | None) -> None:
+        """Record that the workflow was canceled and tell whoever is still running work for it (the
+        remote handlers stop their runners: a sibling member in a container or on an SSH host)."""
+        with self.state_lock:
+            if self.canceled is None:
+                self.canceled = (message, task_id)
+            listeners = list(self._cancel_listeners)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # one listener failing must not keep the others from running
+                logger.exception("a cancellation listener failed")
+
+    def on_cancel(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (once) when the workflow is canceled; returns a function that unregisters it.
+
+        Registered after the cancellation, the listener runs at once.
+        """
+        with self.state_lock:
+            canceled = self.canceled is not None
+            if not canceled:
+                self._cancel_listeners.append(listener)
+        if canceled:
+            listener()
+            return lambda: None
+
+        def remove() -> None:
+            with self.state_lock, contextlib.suppress(ValueError):
+                self._cancel_listeners.remove(listener)
+
+        return remove
+
     def raise_if_canceled(self) -> None:
         if self.canceled is not None:
             message, task_id = self.canceled
@@ -418,6 +456,7 @@ class ExecutionContext:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("state_lock", None)
+        state.pop("_cancel_listeners", None)
         state.pop("_join_cache", None)
         state.pop("task_dispatcher", None)  # a distributed queue's hook; re-attach it after resuming
         state["channel_snapshot"] = self.channel.snapshot()
@@ -443,6 +482,7 @@ class ExecutionContext:
         self.__dict__.update(state)
         self.__dict__.setdefault("group_cycle_base", {})  # absent from schema 2.0 checkpoints
         self.state_lock = threading.RLock()
+        self._cancel_listeners = []
         self._owns_graph = True
         self.channel = channel_class(channel_name, **self.config)
         self.channel.restore(snapshot)

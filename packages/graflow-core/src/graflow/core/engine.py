@@ -294,7 +294,7 @@ class WorkflowEngine:
             skip = False
             if tctx is not None:
                 if tctx.cancel_message is not None:
-                    ctx.canceled = (tctx.cancel_message, tid)
+                    ctx.mark_canceled(tctx.cancel_message, tid)
                     raise GraflowWorkflowCanceledError(tctx.cancel_message, tid)
                 if tctx.spawned:
                     queue.extend(tctx.spawned)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graflow.core.handler import TaskHandler
-from graflow.exceptions import ConfigError, TaskError, TaskTimeoutError
+from graflow.exceptions import ConfigError, GraflowWorkflowCanceledError, TaskError, TaskTimeoutError
 from graflow.pickling import by_value_modules, pickled_by_value
 from graflow.remote import protocol
 from graflow.remote.bundle import RunnerBundle, runner_bundle
@@ -101,6 +101,7 @@ class _Runner:
         self.output = output
         self.task_id: str | None = None
         self.killed_for_timeout = False
+        self.killed_for_cancel = False
         self.hello: dict[str, Any] = {}
         self.tasks_run = 0
         self.seq = 0
@@ -119,6 +120,10 @@ class _Runner:
 
     def kill_for_timeout(self) -> None:
         self.killed_for_timeout = True
+        self.process.kill()
+
+    def kill_for_cancel(self) -> None:
+        self.killed_for_cancel = True
         self.process.kill()
 
     def discard(self) -> None:
@@ -229,6 +234,8 @@ class RemoteTaskHandler(TaskHandler):
         started = time.perf_counter()
         healthy = False
         locks: dict[int, Any] = {}
+        # another task (a sibling group member) canceling the workflow stops this runner at once
+        stop_listening = context.on_cancel(runner.kill_for_cancel)
         try:
             if timer is not None:
                 timer.start()
@@ -236,8 +243,9 @@ class RemoteTaskHandler(TaskHandler):
             result, healthy = self._serve(runner, task, context, tctx, locks, started, timeout)
             return result
         except (OSError, protocol.ProtocolError) as exc:
-            raise self._runner_failure(runner, task, timeout, started, exc) from exc
+            raise self._runner_failure(runner, task, context, timeout, started, exc) from exc
         finally:
+            stop_listening()
             if timer is not None:
                 timer.cancel()
             for cm in locks.values():
@@ -245,7 +253,7 @@ class RemoteTaskHandler(TaskHandler):
                     cm.__exit__(None, None, None)
             # runner.task_id stays set: output still in flight is labelled with this task until the next one
             runner.tasks_run += 1
-            self._release(runner, healthy and not runner.killed_for_timeout)
+            self._release(runner, healthy and not (runner.killed_for_timeout or runner.killed_for_cancel))
 
     def _serve(
         self,
@@ -262,7 +270,7 @@ class RemoteTaskHandler(TaskHandler):
         while True:
             frame = stream.recv()
             if frame is None:
-                raise self._runner_failure(runner, task, timeout, started, None)
+                raise self._runner_failure(runner, task, context, timeout, started, None)
             kind, body = frame
             if kind == protocol.CALL:
                 stream.send(protocol.REPLY, self._answer(body, runner.seq, context, tctx, locks))
@@ -353,11 +361,22 @@ class RemoteTaskHandler(TaskHandler):
         return exc
 
     def _runner_failure(
-        self, runner: _Runner, task: Executable, timeout: float | None, started: float, cause: BaseException | None
-    ) -> TaskError:
+        self,
+        runner: _Runner,
+        task: Executable,
+        context: ExecutionContext,
+        timeout: float | None,
+        started: float,
+        cause: BaseException | None,
+    ) -> Exception:
         elapsed = time.perf_counter() - started
         if runner.killed_for_timeout and timeout:
             return TaskTimeoutError(task.task_id, timeout, elapsed)
+        if runner.killed_for_cancel and context.canceled is not None:
+            message, by = context.canceled
+            return GraflowWorkflowCanceledError(
+                f"{message} (task '{task.task_id}' on {self.describe_target()} was stopped)", by
+            )
         code = runner.process.wait(timeout=5)
         why = f" ({cause})" if cause is not None else ""
         return RemoteRunnerError(

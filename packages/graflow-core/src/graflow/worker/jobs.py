@@ -675,7 +675,7 @@ def apply_member_reply(ctx: ExecutionContext, member_id: str, reply: JobReply) -
             ctx.terminate_result = reply.terminate_result
             ctx.terminated = reply.terminate_message
         if reply.canceled is not None and ctx.canceled is None:
-            ctx.canceled = tuple(reply.canceled)  # type: ignore[assignment]
+            ctx.mark_canceled(*reply.canceled)
     stamp = reply.started_at or time.time()
     if reply.ok:
         outcome = TaskResult(member_id, True, None, None, reply.duration, stamp, reply.result)
