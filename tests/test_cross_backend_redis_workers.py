@@ -266,7 +266,14 @@ def _labelled_containers(label: str, host: str) -> list[dict[str, Any]]:
     ids = _docker("ps", "-aq", "--filter", f"label={label}", host=host).split()
     if not ids:
         return []
-    return json.loads(_docker("inspect", *ids, host=host))
+    env = dict(os.environ, DOCKER_HOST=host)
+    proc = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, env=env, timeout=60, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    # a container removed between the listing and the inspection is gone, which is what callers wait for
+    assert proc.returncode == 0 or all("No such object" in line for line in errors), (
+        f"docker inspect {' '.join(ids)} failed: {proc.stderr}"
+    )
+    return json.loads(proc.stdout or "[]")
 
 
 def _remove_labelled(label: str, host: str) -> None:

@@ -476,7 +476,9 @@ def test_ctrl_c_kills_the_runner(tmp_path):
 
             @task(handler="subprocess")
             def sleepy():
-                open({str(pid_file)!r}, "w").write(str(os.getpid()))
+                with open({str(pid_file) + ".tmp"!r}, "w") as f:
+                    f.write(str(os.getpid()))
+                os.replace({str(pid_file) + ".tmp"!r}, {str(pid_file)!r})  # never seen half-written
                 time.sleep(300)
 
             with workflow("ctrl-c") as wf:

@@ -62,7 +62,9 @@ def docker_client(docker_info: dict[str, Any]) -> Iterator[Any]:
 def owned_containers(client: Any) -> list[Any]:
     """Containers graflow-docker created from this test process (running or not)."""
     return client.containers.list(
-        all=True, filters={"label": ["graflow.managed=true", f"graflow.owner-pid={os.getpid()}"]}
+        all=True,
+        filters={"label": ["graflow.managed=true", f"graflow.owner-pid={os.getpid()}"]},
+        ignore_removed=True,  # one removed between the listing and its inspection is simply gone
     )
 
 

@@ -76,7 +76,7 @@ def _closed_port() -> int:
 
 
 def _labelled(docker_client: Any, token: str) -> list[Any]:
-    return docker_client.containers.list(all=True, filters={"label": f"graflow.test={token}"})
+    return docker_client.containers.list(all=True, filters={"label": f"graflow.test={token}"}, ignore_removed=True)
 
 
 # -- no daemon needed -------------------------------------------------------------------------------

@@ -336,7 +336,9 @@ class DockerTaskHandler(RemoteTaskHandler):
     # -- lifecycle -------------------------------------------------------------------------------
     def containers(self, all: bool = True) -> list[Any]:  # noqa: A002 - the SDK's name
         """This handler's containers on the daemon (running ones, and stopped ones with ``all``)."""
-        return self.client().containers.list(all=all, filters={"label": f"{LABEL_HANDLER_ID}={self.handler_id}"})
+        return self.client().containers.list(
+            all=all, filters={"label": f"{LABEL_HANDLER_ID}={self.handler_id}"}, ignore_removed=True
+        )
 
     def wait_for_cleanup(self, timeout: float | None = 60.0) -> bool:
         """Wait until closed containers are removed (removal runs in the background); False on timeout."""
