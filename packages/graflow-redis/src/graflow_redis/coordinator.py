@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graflow.coordination.coordinator import Coordinator
+from graflow.coordination.waiting import waiting_on_fleet
 from graflow.core.handler import TaskResult
 from graflow.exceptions import ConfigError, TaskError
 from graflow.worker.broker import DEFAULT_MAX_DELIVERIES
@@ -203,9 +204,16 @@ class RedisCoordinator(Coordinator):
 
         try:
             pending.update(queue.send(items, reply_key))
-            queue.collect(
-                reply_key, pending, on_reply, marker=marker, recover=recover, timeout=self.timeout, stop_early=stopped
-            )
+            with waiting_on_fleet():  # on a worker: a stand-in takes work while this member waits
+                queue.collect(
+                    reply_key,
+                    pending,
+                    on_reply,
+                    marker=marker,
+                    recover=recover,
+                    timeout=self.timeout,
+                    stop_early=stopped,
+                )
             if pending:
                 # terminate / cancel from a member: members no worker took yet do not run (as with threads)
                 why = "the workflow was terminated" if context.terminated is not None else "the workflow was canceled"
@@ -218,7 +226,10 @@ class RedisCoordinator(Coordinator):
                         if record is not None:
                             record(member_id, outcome)
                 if pending:
-                    queue.collect(reply_key, pending, on_reply, marker=marker, recover=recover, timeout=self.timeout)
+                    with waiting_on_fleet():
+                        queue.collect(
+                            reply_key, pending, on_reply, marker=marker, recover=recover, timeout=self.timeout
+                        )
         finally:
             if pending:
                 for sent in pending.values():

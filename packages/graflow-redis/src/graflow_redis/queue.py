@@ -55,6 +55,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from graflow.coordination.waiting import waiting_on_fleet
 from graflow.exceptions import ConfigError, GraflowRuntimeError, TaskError
 from graflow.pickling import pickled_by_value
 from graflow.queue.base import TaskQueue
@@ -836,13 +837,14 @@ class RedisTaskQueue(TaskQueue, Broker):
                 self._outcomes[sent.id] = (job_reply, error)
 
             assert self._submit_reply_key is not None
-            self.collect(
-                self._submit_reply_key,
-                self._submitted,
-                on_reply,
-                timeout=timeout,
-                stop_early=lambda: message_id in self._outcomes,
-            )
+            with waiting_on_fleet():  # called from a task on a worker: a stand-in takes work meanwhile
+                self.collect(
+                    self._submit_reply_key,
+                    self._submitted,
+                    on_reply,
+                    timeout=timeout,
+                    stop_early=lambda: message_id in self._outcomes,
+                )
         job_reply, error = self._outcomes.pop(message_id)
         if error is not None or job_reply is None:
             raise TaskError(f"The submitted task did not run on a worker: {error}", None)
@@ -1167,7 +1169,8 @@ class RedisTaskQueue(TaskQueue, Broker):
             box["reply"], box["error"] = reply, error
 
         try:
-            self.collect(reply_key, pending, on_reply, marker=marker, timeout=self.timeout)
+            with waiting_on_fleet():
+                self.collect(reply_key, pending, on_reply, marker=marker, timeout=self.timeout)
         finally:
             # Answered: the reply list emptied itself and collect dropped what it took (a late duplicate
             # recreates the reply list with a ttl).

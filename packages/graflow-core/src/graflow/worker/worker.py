@@ -33,9 +33,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from graflow.coordination.waiting import lending_slots
 from graflow.exceptions import ConfigError, TaskTimeoutError
 from graflow.hookspecs import hookimpl
 from graflow.worker.broker import Broker, Delivery
@@ -199,6 +200,7 @@ class TaskWorker:
         self._executors: list[threading.Thread] = []
         self._fetchers: list[threading.Thread] = []
         self._heartbeat_thread: threading.Thread | None = None
+        self._lent = 0  # slots lent to stand-ins by jobs waiting on other workers
         self._stuck_threads: set[int] = set()  # executors abandoned in task code; they take no more work
         self._started = False
         self._shutting_down = False
@@ -419,7 +421,7 @@ class TaskWorker:
         return thread
 
     # -- taking work ------------------------------------------------------------------------------------------
-    def _executor_loop(self) -> None:
+    def _executor_loop(self, retire: threading.Event | None = None) -> None:
         single = self.queues[0] if len(self.queues) == 1 else None
         backoff = 0.05
         local: list[Delivery] = []  # prefetched deliveries of this thread (all in flight, ours)
@@ -428,6 +430,8 @@ class TaskWorker:
             while not self._stop.is_set():
                 if not local:
                     self._flush(acks)
+                    if retire is not None and retire.is_set():
+                        return  # a stand-in whose waiting job finished its wait
                     try:
                         if single is not None:
                             local = self.queue.fetch_batch(
@@ -496,7 +500,7 @@ class TaskWorker:
         backoff = 0.05
         while not self._stop.is_set():
             with self._lock:
-                free = self.concurrency - sum(1 for e in self._running.values() if not e.state.abandoned)
+                free = self.concurrency + self._lent - sum(1 for e in self._running.values() if not e.state.abandoned)
             if free - self._ready.qsize() <= 0:
                 self._stop.wait(0.005)
                 continue
@@ -548,7 +552,8 @@ class TaskWorker:
             elif self._observer is None:
                 self._watch_engine_events()
             try:
-                reply = job.execute(self.runtime, state)
+                with lending_slots(self._lend_slot):
+                    reply = job.execute(self.runtime, state)
             except WorkerTaskTimeout as exc:  # raised between the job's own handlers: still the task's timeout
                 reply = JobReply(state.task_id or "?")
                 reply.fail(TaskTimeoutError(exc.task_id or "?", getattr(exc, "timeout", 0.0)))
@@ -571,6 +576,22 @@ class TaskWorker:
                     del self._running[state.thread_ident]
             if not state.abandoned:
                 self.metrics.task_finished(queue, time.perf_counter() - started, ok)
+
+    @contextlib.contextmanager
+    def _lend_slot(self) -> Iterator[None]:
+        """The job of this thread waits for other workers (a nested distributed group): a stand-in
+        executor takes work meanwhile, so a fleet whose every slot waits that way cannot deadlock."""
+        retire = threading.Event()
+        with self._lock:
+            self._lent += 1
+        if not self._stop.is_set():
+            self._executors.append(self._spawn(lambda: self._executor_loop(retire), "graflow-executor-standin"))
+        try:
+            yield
+        finally:
+            retire.set()  # the stand-in finishes the job it has, then exits
+            with self._lock:
+                self._lent -= 1
 
     def _retry_forever(self, action: Any, what: str, limit: float | None) -> None:
         """Run ``action`` until it succeeds (the broker may be restarting), or until ``limit`` seconds passed."""
