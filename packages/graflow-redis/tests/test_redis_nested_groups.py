@@ -97,3 +97,37 @@ def test_every_outer_member_waiting_at_once_still_completes(single_slot: Workers
     for n in (1, 2, 3):
         assert ctx.get_result(f"prep_{n}") == n
         assert [ctx.get_result(f"leaf_{n}_{k}") for k in range(2)] == [(n * 10 + k) * 100 for k in range(2)]
+
+
+def test_stand_ins_retire_once_the_wait_is_over(redis_server: Any) -> None:
+    import threading
+    import time
+
+    from graflow.worker.worker import TaskWorker
+    from graflow_redis.queue import RedisTaskQueue
+
+    prefix = f"graflow-test:standin-{uuid.uuid4().hex[:8]}"
+    broker = RedisTaskQueue(None, url=redis_server.url, key_prefix=prefix)
+    worker = TaskWorker(broker, worker_id="inproc", concurrency=1, poll_interval=0.05, heartbeat_interval=0.5)
+    fleet = Workers(redis_server.url, prefix, Path("."))
+
+    def stand_ins() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "graflow-executor-standin"]
+
+    try:
+        worker.start()
+        with workflow("nested-in-process") as wf:
+            ParallelGroup([_nested_member(fleet, n) for n in (1, 2)]).with_execution(
+                backend="redis", backend_config=_redis(fleet)
+            )
+        ctx = ExecutionContext.create(wf.graph, None, max_steps=1000)
+        WorkflowEngine().execute(ctx)
+        assert [ctx.get_result(f"leaf_{n}_1") for n in (1, 2)] == [1100, 2100]
+        deadline = time.monotonic() + 30
+        while stand_ins() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stand_ins() == [], "stand-in executors outlived the waits they covered"
+        assert worker._lent == 0
+    finally:
+        worker.stop(timeout=5)
+        broker.close()

@@ -584,6 +584,9 @@ class TaskWorker:
         retire = threading.Event()
         with self._lock:
             self._lent += 1
+            # stand-ins of earlier waits have exited: forget them, so a long-lived worker does not collect them
+            self._executors[:] = [t for t in self._executors if t.is_alive()]
+            self._threads[:] = [t for t in self._threads if t.is_alive()]
         if not self._stop.is_set():
             self._executors.append(self._spawn(lambda: self._executor_loop(retire), "graflow-executor-standin"))
         try:
