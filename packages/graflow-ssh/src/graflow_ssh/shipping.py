@@ -7,6 +7,10 @@ temporary name first and then renamed into place, so a half-written file is neve
 shared by several users of one account never see a partial bundle. After that, the connection
 remembers the digest and later tasks pay nothing. A new graflow version has a new digest, hence a
 new file name, and is shipped again.
+
+Right after an upload (never on the fast path), the remote folder is pruned: bundles older than a
+week that are not among the three newest, and temporaries of interrupted uploads older than a day,
+are deleted (:func:`graflow.remote.bundle.stale_bundles`; files graflow did not write stay).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import logging
 import posixpath
 import secrets
 import stat
+import time
 
 import paramiko
 
 from graflow.exceptions import ConfigError
-from graflow.remote.bundle import RunnerBundle
+from graflow.remote.bundle import RunnerBundle, stale_bundles
 from graflow_ssh.connection import SSHConnection
 
 logger = logging.getLogger("graflow_ssh")
@@ -127,6 +132,29 @@ def _deliver(connection: SSHConnection, sftp: paramiko.SFTPClient, bundle: Runne
             sftp.remove(temporary)
         raise
     logger.info("ssh: shipped runner %s (%d bytes) to %s", bundle.filename, size, connection.target.describe())
+    _prune(connection, sftp, folder, bundle.filename)
+
+
+def _prune(connection: SSHConnection, sftp: paramiko.SFTPClient, folder: str, current: str) -> None:
+    """Delete stale bundles and leftover temporaries from the remote ``folder``; never raises.
+
+    Ages are measured on the remote clock: "now" is the mtime of the bundle just uploaded there.
+    """
+    where = connection.target.describe()
+    try:
+        listing = sftp.listdir_attr(folder)
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        logger.debug("ssh: cannot list %s on %s to prune old runners: %s", folder, where, exc)
+        return
+    entries = [(item.filename, item.st_mtime) for item in listing if stat.S_ISREG(item.st_mode or 0)]
+    now = next((mtime for name, mtime in entries if name == current and mtime is not None), None)
+    for name in stale_bundles(entries, now=time.time() if now is None else float(now), current=current):
+        try:
+            sftp.remove(posixpath.join(folder, name))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            logger.debug("ssh: cannot delete stale %s/%s on %s: %s", folder, name, where, exc)
+            continue
+        logger.debug("ssh: deleted stale %s/%s on %s", folder, name, where)
 
 
 __all__ = ["REMOTE_CACHE_DIR", "ensure_bundle", "remote_bundle_path"]

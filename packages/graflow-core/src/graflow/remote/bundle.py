@@ -14,14 +14,20 @@ import hashlib
 import importlib._bootstrap_external
 import importlib.util
 import io
+import logging
 import os
+import re
 import sys
 import tempfile
 import threading
+import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+logger = logging.getLogger("graflow.remote")
 
 # The bootstrap is deliberately written for any Python 3 (no f-strings, no annotations): it must be
 # able to report the remote interpreter's version even when that version is too old to import
@@ -167,23 +173,134 @@ def store_once(folder: Path, name: str, data: bytes) -> Path:
 
     Files are named by their content, so an existing file is the right one; replacing it would
     pull it from under runners that read it lazily (zip imports reopen the archive). The data is
-    written to a temporary file and hard-linked into place, so readers never see a partial file.
+    written to a temporary file (``.<name>.<random>.tmp``) and hard-linked into place, so readers
+    never see a partial file. After this process wrote a new file, the folder's stale runner
+    bundles and leftover temporaries are deleted (:func:`prune_folder`; other files are left alone).
     """
     path = folder / name
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    written = False
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         try:
             os.link(tmp, path)
+            written = True
         except FileExistsError:
             pass  # another process stored it first
     finally:
         os.unlink(tmp)
+    if written:
+        prune_folder(folder, current=name)
     return path
+
+
+# -- pruning old bundles -------------------------------------------------------------------------
+#
+# Every graflow version (and, in the local build cache, every change to graflow's sources) stores a
+# new bundle under a new name, and nothing ever replaces it, so cache folders only grow. Pruning is
+# age-based on purpose: a runner that is still running does not hold its zip file open (zipimport
+# reopens the archive whenever it loads another module), so there is no reliable "in use" signal to
+# check. A bundle is deleted only once it is both older than ``max_age`` (a week by default: far
+# longer than any runner lives on an old version after a newer one has been shipped next to it) and
+# not among the ``keep`` newest, and the bundle being stored right now is never deleted.
+
+#: Bundles kept in each folder whatever their age (the newest by modification time).
+PRUNE_KEEP = 3
+#: Seconds after which a bundle that is not among the newest ``PRUNE_KEEP`` may be deleted.
+PRUNE_MAX_AGE = 7 * 86400
+#: Seconds after which a leftover temporary file (from an interrupted write or upload) is deleted.
+PRUNE_TMP_AGE = 86400
+
+# Only names graflow itself writes: shipped runners ``graflow-runner-<16 hex>.pyz``, the local build
+# cache's ``<64 hex>.pyz`` (sha256 of the sources), and the temporaries both are written under first,
+# ``.<bundle name>.<random letters, digits or _>.tmp``. Any other file is never a candidate.
+_BUNDLE_NAME = r"(?:graflow-runner-[0-9a-f]{16}|[0-9a-f]{64})\.pyz"
+_BUNDLE_RE = re.compile(_BUNDLE_NAME)
+_TEMPORARY_RE = re.compile(rf"\.{_BUNDLE_NAME}\.[A-Za-z0-9_]+\.tmp")
+
+
+def is_bundle_name(name: str) -> bool:
+    """True for the file names graflow stores runner bundles under (see :func:`stale_bundles`)."""
+    return _BUNDLE_RE.fullmatch(name) is not None
+
+
+def is_bundle_temporary(name: str) -> bool:
+    """True for the temporary names a bundle is written under before it is renamed into place."""
+    return _TEMPORARY_RE.fullmatch(name) is not None
+
+
+def stale_bundles(
+    entries: Iterable[tuple[str, float | None]],
+    *,
+    now: float,
+    current: str | None = None,
+    keep: int = PRUNE_KEEP,
+    max_age: float = PRUNE_MAX_AGE,
+    tmp_age: float = PRUNE_TMP_AGE,
+) -> list[str]:
+    """The names among ``entries`` (``(name, mtime)`` of the files in one cache folder) to delete.
+
+    * A bundle (``graflow-runner-<16 hex>.pyz`` or ``<64 hex>.pyz``) is stale when it is older than
+      ``max_age`` seconds *and* not among the ``keep`` newest bundles of the folder (the current one
+      counts among them when it is one of the newest).
+    * A temporary (``.<bundle name>.<random>.tmp``) is stale when it is older than ``tmp_age``.
+    * ``current`` (the bundle just stored) is never stale, nor is anything else: foreign files,
+      entries whose mtime is unknown (``None``), or with an mtime after ``now`` (clock skew).
+
+    Ages are ``now - mtime``; pass ``now`` from the same clock as the mtimes (on a remote host, the
+    mtime of a file just written there). The result is sorted by name.
+    """
+    if keep < 0 or max_age < 0 or tmp_age < 0:
+        raise ValueError(
+            f"stale_bundles needs keep >= 0, max_age >= 0 and tmp_age >= 0 (got keep={keep}, "
+            f"max_age={max_age}, tmp_age={tmp_age}); pass 0 to turn a limit off, not a negative number"
+        )
+    bundles: list[tuple[float, str]] = []
+    stale: list[str] = []
+    for name, mtime in entries:
+        if mtime is None:
+            continue
+        if is_bundle_name(name):
+            bundles.append((mtime, name))
+        elif is_bundle_temporary(name) and now - mtime > tmp_age:
+            stale.append(name)
+    bundles.sort(key=lambda entry: (-entry[0], entry[1]))  # newest first
+    stale.extend(name for mtime, name in bundles[keep:] if name != current and now - mtime > max_age)
+    return sorted(stale)
+
+
+def prune_folder(folder: Path, *, current: str | None = None, now: float | None = None) -> list[str]:
+    """Delete the stale bundles and temporaries of a local cache ``folder``; return the names deleted.
+
+    Best effort: storing a bundle must never fail because of pruning, so every error (an unreadable
+    folder, a file another process deleted first) is logged at debug level and skipped.
+    """
+    entries: list[tuple[str, float | None]] = []
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        entries.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+                except OSError:
+                    continue  # gone meanwhile (another process pruned it): nothing to judge
+    except OSError as exc:
+        logger.debug("bundle cache: cannot list %s to prune it: %s", folder, exc)
+        return []
+    deleted = []
+    for name in stale_bundles(entries, now=time.time() if now is None else now, current=current):
+        try:
+            os.unlink(folder / name)
+        except OSError as exc:
+            logger.debug("bundle cache: cannot delete stale %s: %s", folder / name, exc)
+            continue
+        deleted.append(name)
+        logger.debug("bundle cache: deleted stale %s", folder / name)
+    return deleted
 
 
 def _load_or_build() -> RunnerBundle:
