@@ -1186,6 +1186,10 @@ class RedisTaskQueue(TaskQueue, Broker):
         marker = self._run_markers.get(session_id)
         if marker is None:
             marker = self.key("run", session_id, uuid.uuid4().hex[:12])
+            if len(self._run_markers) >= 256:
+                # a worker forwarding tasks for many runs never sees them finish: forget the oldest
+                # (its key expires after result_ttl; a later call for that run just makes a new one)
+                del self._run_markers[next(iter(self._run_markers))]
             self._run_markers[session_id] = marker
             self.set_marker(marker)
         return marker

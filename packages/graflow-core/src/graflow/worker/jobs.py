@@ -423,6 +423,9 @@ class MemberJob(Job):
             ctx.cycle_counts.update(self.cycle_counts)
             ctx.retry_counts.update(self.retry_counts)
             ctx.iteration_data.update(self.iteration_data)
+            router = _TailRouter.for_member(runtime, graph, group, self.member_id)
+            if router is not None:
+                ctx.task_dispatcher = router  # type: ignore[attr-defined]
             state.graph = graph
             try:
                 outcome = runtime.engine._run_member(ctx, group, self.member_id)
@@ -782,6 +785,46 @@ def member_branches(group: ParallelGroup) -> dict[str, list[str]]:
         nodes = [node.task_id for node in member._nodes()] if isinstance(member, SequentialTask) else [member.task_id]
         branches[nodes[0]] = nodes
     return branches
+
+
+class _TailRouter:
+    """Runs a member's branch on this worker, except the tasks that name another queue than the
+    member's: those go through the broker to a worker of their queue (``@task(queue="gpu")`` in a
+    chain behind a CPU member runs on a GPU worker), and this thread waits for them, lending its slot.
+    """
+
+    def __init__(self, runtime: WorkerRuntime, home: str | None) -> None:
+        self.runtime = runtime
+        self.home = home
+
+    @classmethod
+    def for_member(
+        cls, runtime: WorkerRuntime, graph: TaskGraph, group: ParallelGroup, member_id: str
+    ) -> _TailRouter | None:
+        nodes = graph._nodes
+        home = getattr(nodes.get(member_id), "queue", None)
+        branch = member_branches(group).get(member_id, [member_id])
+        foreign = [t for t in branch if getattr(nodes.get(t), "queue", None) not in (None, home)]
+        if not foreign:
+            return None  # the common case: the whole branch runs here, at full speed
+        if getattr(runtime.broker, "execute_task", None) is None:
+            logger.warning(
+                "member '%s': task(s) %s name another queue, but this worker's broker cannot forward single "
+                "tasks; they run here",
+                member_id,
+                ", ".join(foreign),
+            )
+            return None
+        return cls(runtime, home)
+
+    def execute_task(self, task: Executable, context: ExecutionContext) -> Any:
+        queue = getattr(task, "queue", None)
+        if queue is not None and queue != self.home:
+            return self.runtime.broker.execute_task(task, context)  # type: ignore[union-attr]
+        return self.runtime.engine.get_handler(task).execute_task(task, context)
+
+    def run_finished(self, context: ExecutionContext) -> None:
+        pass
 
 
 # -- pickling ---------------------------------------------------------------------------------------------------
