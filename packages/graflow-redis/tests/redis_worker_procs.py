@@ -93,6 +93,28 @@ class Workers:
                 return log.read_text(errors="replace")
         return ""
 
+    def execute(self, context: Any) -> Any:
+        """Run ``context`` with a fresh engine; on failure, print the workers' logs before re-raising."""
+        from graflow.core.engine import WorkflowEngine
+
+        try:
+            return WorkflowEngine().execute(context)
+        except BaseException:
+            print(self.logs())
+            raise
+
+    def delete_keys(self) -> None:
+        """Remove every Redis key under this fleet's prefix."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            keys = list(client.scan_iter(match=self.key_prefix + ":*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
     def stop_all(self) -> None:
         # Two SIGTERMs: the second means "exit now" (a supervisor then cleans up after its workers);
         # whatever is left after that is killed.

@@ -35,13 +35,7 @@ def single_slot(redis_server: Any, tmp_path: Path) -> Any:
     procs.start("--concurrency", "1", worker_id="only")
     yield procs
     procs.stop_all()
-    client = redis_server.client()
-    try:
-        keys = list(client.scan_iter(match=prefix + ":*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    procs.delete_keys()
 
 
 def _redis(fleet: Workers) -> dict[str, Any]:
@@ -72,11 +66,7 @@ def test_a_nested_group_completes_on_a_single_slot_worker(single_slot: Workers) 
             backend="redis", backend_config=_redis(single_slot)
         )
     ctx = ExecutionContext.create(wf.graph, None, max_steps=1000)
-    try:
-        WorkflowEngine().execute(ctx)
-    except BaseException:
-        print(single_slot.logs())
-        raise
+    single_slot.execute(ctx)
     assert ctx.get_result("leaf_1_0") == 1000 and ctx.get_result("leaf_1_1") == 1100
     assert ctx.get_result("plain") == 700 and ctx.get_result("prep_1") == 1
     assert {"prep_1", "leaf_1_0", "leaf_1_1", "plain"} <= ctx.completed_tasks
@@ -89,11 +79,7 @@ def test_every_outer_member_waiting_at_once_still_completes(single_slot: Workers
             backend="redis", backend_config=_redis(single_slot)
         )
     ctx = ExecutionContext.create(wf.graph, None, max_steps=1000)
-    try:
-        WorkflowEngine().execute(ctx)
-    except BaseException:
-        print(single_slot.logs())
-        raise
+    single_slot.execute(ctx)
     for n in (1, 2, 3):
         assert ctx.get_result(f"prep_{n}") == n
         assert [ctx.get_result(f"leaf_{n}_{k}") for k in range(2)] == [(n * 10 + k) * 100 for k in range(2)]

@@ -15,7 +15,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from graflow import ExecutionContext, WorkflowEngine, task, workflow
+from graflow import ExecutionContext, task, workflow
 from graflow.core.task import ParallelGroup
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,13 +33,7 @@ def cpu_and_gpu(redis_server: Any, tmp_path_factory: Any) -> Any:
     gpu = procs.start("--queue", "gpu", "--concurrency", "1", worker_id="gpu-worker")
     yield procs, cpu.pid, gpu.pid
     procs.stop_all()
-    client = redis_server.client()
-    try:
-        keys = list(client.scan_iter(match=prefix + ":*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    procs.delete_keys()
 
 
 def _config(procs: Workers) -> dict[str, Any]:
@@ -76,11 +70,7 @@ def test_a_tail_naming_another_queue_runs_on_that_queues_worker(cpu_and_gpu: Any
         member = load(task_id="load") >> train(task_id="train") >> report(task_id="report")
         ParallelGroup([member, load(task_id="other")]).with_execution(backend="redis", backend_config=_config(procs))
     ctx = ExecutionContext.create(wf.graph, None, max_steps=1000)
-    try:
-        WorkflowEngine().execute(ctx)
-    except BaseException:
-        print(procs.logs())
-        raise
+    procs.execute(ctx)
     assert ctx.get_result("load")["pid"] == cpu_pid
     trained = ctx.get_result("train")
     assert trained["pid"] == gpu_pid, "the gpu task ran on the cpu worker"
