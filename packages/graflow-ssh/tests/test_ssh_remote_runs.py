@@ -236,11 +236,17 @@ def test_ctrl_c_kills_the_remote_process(make_handler: Run, run_workflow: Run) -
 
     with workflow("ssh-ctrl-c") as wf:
         chain(stuck)
-    watcher = threading.Thread(target=interrupt_once_started, daemon=True)
-    watcher.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_workflow(handler, wf, contexts=contexts)
-    watcher.join(10)
+    # Ctrl-C as at a terminal, even when the test run was started in the background (a non-interactive
+    # shell starts background jobs with SIGINT ignored: the signal would then never interrupt the run)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher = threading.Thread(target=interrupt_once_started, daemon=True)
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_workflow(handler, wf, contexts=contexts)
+        watcher.join(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     runner_pid = contexts[0].channel.get("pids")[0]
     assert _wait_until_gone([runner_pid]) == []
 

@@ -225,7 +225,7 @@ class RedisTaskQueue(TaskQueue, Broker):
         self.session_id = session_id or (execution_context.session_id if execution_context is not None else "default")
         self._scripts: dict[str, Any] = {}
         self._channel_blobs: dict[int, tuple[Any, bytes]] = {}
-        self._run_markers: dict[str, str] = {}
+        self._run_markers: dict[str, tuple[str, float]] = {}  # session id: (marker key, monotonic time set)
         self._lock = threading.Lock()
         self._last_no_worker_warning = 0.0
         self._submit_channel: Any = None
@@ -1183,22 +1183,34 @@ class RedisTaskQueue(TaskQueue, Broker):
         return apply_task_reply(context, tctx, box["reply"])
 
     def _marker_for(self, session_id: str) -> str:
-        marker = self._run_markers.get(session_id)
-        if marker is None:
+        """The run's marker key, set less than ``result_ttl / 2`` seconds ago.
+
+        A marker lives ``result_ttl`` seconds after it was set and :meth:`collect` extends it only
+        during waits over a second, so an older one may have expired although Redis lost nothing:
+        reusing it would make the next wait "recover" and send its task again. A new marker is made
+        instead (waits still under way keep extending theirs).
+        """
+        now = time.monotonic()
+        with self._lock:
+            entry = self._run_markers.get(session_id)
+            if entry is not None and now - entry[1] < self.result_ttl / 2:
+                return entry[0]
             marker = self.key("run", session_id, uuid.uuid4().hex[:12])
-            if len(self._run_markers) >= 256:
+            self._run_markers.pop(session_id, None)  # re-inserted last: the oldest entry is first
+            while len(self._run_markers) >= 256:
                 # a worker forwarding tasks for many runs never sees them finish: forget the oldest
                 # (its key expires after result_ttl; a later call for that run just makes a new one)
                 del self._run_markers[next(iter(self._run_markers))]
-            self._run_markers[session_id] = marker
-            self.set_marker(marker)
+            self._run_markers[session_id] = (marker, now)
+        self.set_marker(marker)
         return marker
 
     def run_finished(self, context: ExecutionContext) -> None:
         """The engine finished ``context``'s run: remove the keys this queue made for it."""
-        marker = self._run_markers.pop(context.session_id, None)
+        with self._lock:
+            entry = self._run_markers.pop(context.session_id, None)
         with contextlib.suppress(Exception):
-            self.delete_keys(marker or "", self._ids_key())
+            self.delete_keys(entry[0] if entry is not None else "", self._ids_key())
 
     def __repr__(self) -> str:
         return f"RedisTaskQueue(url={self.url!r}, key_prefix={self.key_prefix!r}, queue={self.queue_name!r})"

@@ -10,7 +10,8 @@ new file name, and is shipped again.
 
 Right after an upload (never on the fast path), the remote folder is pruned: bundles older than a
 week that are not among the three newest, and temporaries of interrupted uploads older than a day,
-are deleted (:func:`graflow.remote.bundle.stale_bundles`; files graflow did not write stay).
+are deleted (:func:`graflow.remote.bundle.stale_bundles`; files graflow did not write stay). A
+bundle's age counts from its last use: every runner sets its archive's access time when it starts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 import paramiko
 
 from graflow.exceptions import ConfigError
-from graflow.remote.bundle import RunnerBundle, stale_bundles
+from graflow.remote.bundle import RunnerBundle, last_used, stale_bundles
 from graflow_ssh.connection import SSHConnection
 
 logger = logging.getLogger("graflow_ssh")
@@ -146,7 +147,9 @@ def _prune(connection: SSHConnection, sftp: paramiko.SFTPClient, folder: str, cu
     except (OSError, EOFError, paramiko.SSHException) as exc:
         logger.debug("ssh: cannot list %s on %s to prune old runners: %s", folder, where, exc)
         return
-    entries = [(item.filename, item.st_mtime) for item in listing if stat.S_ISREG(item.st_mode or 0)]
+    entries = [
+        (item.filename, last_used(item.st_mtime, item.st_atime)) for item in listing if stat.S_ISREG(item.st_mode or 0)
+    ]
     now = next((mtime for name, mtime in entries if name == current and mtime is not None), None)
     for name in stale_bundles(entries, now=time.time() if now is None else float(now), current=current):
         try:

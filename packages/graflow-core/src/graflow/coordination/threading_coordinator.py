@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from graflow.coordination.coordinator import Coordinator
+from graflow.coordination.waiting import Lender, current_lender, lending_slots
 from graflow.core.handler import TaskResult
 from graflow.exceptions import ConfigError
 
@@ -63,7 +65,11 @@ class ThreadingCoordinator(Coordinator):
         futures = []
         if helpers > 0:
             pool = self._get_pool()
-            futures = [pool.submit(drain) for _ in range(helpers)]
+            # on a worker, a member waiting on other workers lends its slot (graflow.coordination.waiting):
+            # pool threads running members of this job must be able to, just like the calling thread
+            lender = current_lender()
+            helper = drain if lender is None else functools.partial(_drain_lending, lender, drain)
+            futures = [pool.submit(helper) for _ in range(helpers)]
         drain()
         for future in futures:
             future.result()
@@ -74,6 +80,11 @@ class ThreadingCoordinator(Coordinator):
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+
+def _drain_lending(lender: Lender, drain: Callable[[], None]) -> None:
+    with lending_slots(lender):
+        drain()
 
 
 __all__ = ["ThreadingCoordinator"]

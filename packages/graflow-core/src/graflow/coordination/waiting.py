@@ -30,6 +30,12 @@ def lending_slots(lender: Lender) -> Iterator[None]:
         _local.lender = previous
 
 
+def current_lender() -> Lender | None:
+    """The lender installed in this thread, if any: a coordinator that runs members in threads of its
+    own installs it there too (:func:`lending_slots`), so their waits on the fleet lend slots as well."""
+    return getattr(_local, "lender", None)
+
+
 @contextlib.contextmanager
 def waiting_on_fleet() -> Iterator[None]:
     """Wrap a wait for other workers: the thread's slot is lent to a stand-in until it returns."""
@@ -41,4 +47,4 @@ def waiting_on_fleet() -> Iterator[None]:
         yield
 
 
-__all__ = ["lending_slots", "waiting_on_fleet"]
+__all__ = ["current_lender", "lending_slots", "waiting_on_fleet"]

@@ -37,9 +37,16 @@ import json
 import os
 import struct
 import sys
+import time
 
 
 def _main():
+    try:
+        # this archive is in use: say so in its access time (pruning old runners spares used ones)
+        here = os.path.abspath(sys.argv[0])
+        os.utime(here, (time.time(), os.stat(here).st_mtime))
+    except Exception:
+        pass
     proto_out = os.fdopen(os.dup(1), "wb", 0)
     proto_in = os.fdopen(os.dup(0), "rb", 0)
     # The task's own prints go to stderr, which the host streams to its log; stdin is closed to it.
@@ -223,6 +230,14 @@ _BUNDLE_RE = re.compile(_BUNDLE_NAME)
 _TEMPORARY_RE = re.compile(rf"\.{_BUNDLE_NAME}\.[A-Za-z0-9_]+\.tmp")
 
 
+def last_used(mtime: float | None, atime: float | None) -> float | None:
+    """When a bundle file was last written or used: a runner refreshes its archive's access time when
+    it starts (and reading it may too), so a bundle uploaded long ago but still in use is not stale."""
+    if mtime is None:
+        return atime
+    return mtime if atime is None else max(mtime, atime)
+
+
 def is_bundle_name(name: str) -> bool:
     """True for the file names graflow stores runner bundles under (see :func:`stale_bundles`)."""
     return _BUNDLE_RE.fullmatch(name) is not None
@@ -243,6 +258,8 @@ def stale_bundles(
     tmp_age: float = PRUNE_TMP_AGE,
 ) -> list[str]:
     """The names among ``entries`` (``(name, mtime)`` of the files in one cache folder) to delete.
+
+    Callers pass :func:`last_used` as the time, so a bundle's age counts from its last use.
 
     * A bundle (``graflow-runner-<16 hex>.pyz`` or ``<64 hex>.pyz``) is stale when it is older than
       ``max_age`` seconds *and* not among the ``keep`` newest bundles of the folder (the current one
@@ -285,7 +302,8 @@ def prune_folder(folder: Path, *, current: str | None = None, now: float | None 
             for entry in listing:
                 try:
                     if entry.is_file(follow_symlinks=False):
-                        entries.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+                        info = entry.stat(follow_symlinks=False)
+                        entries.append((entry.name, last_used(info.st_mtime, info.st_atime)))
                 except OSError:
                     continue  # gone meanwhile (another process pruned it): nothing to judge
     except OSError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -61,6 +62,10 @@ _CHANNEL_METHODS = frozenset(
     }
 )
 _CONTEXT_METHODS = frozenset({"get_result", "next_iteration", "terminate_workflow", "cancel_workflow", "checkpoint"})
+
+
+def _nothing() -> None:
+    return None
 
 
 class RemoteTraceback(Exception):
@@ -107,6 +112,8 @@ class _Runner:
         self.seq = 0
         self.fenced = 0  # the last task whose output has all been passed on
         self.fence_seen = threading.Condition()
+        self.serving = 0  # the seq of the task being served (0: none); only that task may be killed
+        self._kill_lock = threading.Lock()
 
     def saw_fence(self, seq: int) -> None:
         with self.fence_seen:
@@ -118,13 +125,28 @@ class _Runner:
         with self.fence_seen:
             self.fence_seen.wait_for(lambda: self.fenced >= seq, timeout)
 
-    def kill_for_timeout(self) -> None:
-        self.killed_for_timeout = True
-        self.process.kill()
+    def kill_for_timeout(self, seq: int) -> None:
+        self._kill_serving(seq, "timeout")
 
-    def kill_for_cancel(self) -> None:
-        self.killed_for_cancel = True
-        self.process.kill()
+    def kill_for_cancel(self, seq: int) -> None:
+        self._kill_serving(seq, "cancel")
+
+    def _kill_serving(self, seq: int, why: str) -> None:
+        # A timer or a cancellation listener may fire late, after task ``seq`` finished and the runner
+        # went back to the pool or serves another task (another run's): only kill it while it runs ``seq``.
+        with self._kill_lock:
+            if self.serving != seq:
+                return
+            if why == "timeout":
+                self.killed_for_timeout = True
+            else:
+                self.killed_for_cancel = True
+            self.process.kill()
+
+    def done_serving(self) -> None:
+        """The task ended: late kills for it are ignored from now on (waits for one under way)."""
+        with self._kill_lock:
+            self.serving = 0
 
     def discard(self) -> None:
         try:
@@ -226,17 +248,19 @@ class RemoteTaskHandler(TaskHandler):
         runner = self._acquire()
         runner.task_id = task.task_id
         runner.seq += 1
+        seq = runner.serving = runner.seq
         timer = None
         timeout = getattr(task, "timeout", None)
         if timeout:
-            timer = threading.Timer(timeout, runner.kill_for_timeout)
+            timer = threading.Timer(timeout, runner.kill_for_timeout, (seq,))
             timer.daemon = True
         started = time.perf_counter()
         healthy = False
         locks: dict[int, Any] = {}
-        # another task (a sibling group member) canceling the workflow stops this runner at once
-        stop_listening = context.on_cancel(runner.kill_for_cancel)
+        stop_listening: Callable[[], None] = _nothing
         try:
+            # another task (a sibling group member) canceling the workflow stops this runner at once
+            stop_listening = context.on_cancel(functools.partial(runner.kill_for_cancel, seq))
             if timer is not None:
                 timer.start()
             runner.stream.send(protocol.TASK, protocol.TASK_SEQ.pack(runner.seq) + body)
@@ -245,6 +269,7 @@ class RemoteTaskHandler(TaskHandler):
         except (OSError, protocol.ProtocolError) as exc:
             raise self._runner_failure(runner, task, context, timeout, started, exc) from exc
         finally:
+            runner.done_serving()
             stop_listening()
             if timer is not None:
                 timer.cancel()

@@ -133,6 +133,8 @@ class WorkerRuntime:
         self.engine = WorkflowEngine()
         self._channels: _Recent[bytes, Channel] = _Recent()
         self._graphs: _Recent[str, TaskGraph] = _Recent()
+        # per shipped group (by identity): {member id: its tail tasks that name another queue}
+        self._foreign_tails: _Recent[int, tuple[ParallelGroup, dict[str, list[str]]]] = _Recent()
 
     def channel(self, blob: bytes) -> Channel:
         channel = self._channels.get(blob)
@@ -801,10 +803,7 @@ class _TailRouter:
     def for_member(
         cls, runtime: WorkerRuntime, graph: TaskGraph, group: ParallelGroup, member_id: str
     ) -> _TailRouter | None:
-        nodes = graph._nodes
-        home = getattr(nodes.get(member_id), "queue", None)
-        branch = member_branches(group).get(member_id, [member_id])
-        foreign = [t for t in branch if getattr(nodes.get(t), "queue", None) not in (None, home)]
+        foreign = cls._foreign_tails(runtime, graph, group).get(member_id)
         if not foreign:
             return None  # the common case: the whole branch runs here, at full speed
         if getattr(runtime.broker, "execute_task", None) is None:
@@ -815,7 +814,25 @@ class _TailRouter:
                 ", ".join(foreign),
             )
             return None
-        return cls(runtime, home)
+        return cls(runtime, getattr(graph._nodes.get(member_id), "queue", None))
+
+    @staticmethod
+    def _foreign_tails(runtime: WorkerRuntime, graph: TaskGraph, group: ParallelGroup) -> dict[str, list[str]]:
+        """``{member id: tail tasks naming another queue than the member's}`` of ``group``, worked out
+        once per shipped group: every member job of a large group asks, and walking all the members'
+        branches each time would make the group's cost grow with the square of its size."""
+        cached = runtime._foreign_tails.get(id(group))
+        if cached is not None and cached[0] is group:
+            return cached[1]
+        nodes = graph._nodes
+        found: dict[str, list[str]] = {}
+        for member_id, branch in member_branches(group).items():
+            home = getattr(nodes.get(member_id), "queue", None)
+            foreign = [t for t in branch if getattr(nodes.get(t), "queue", None) not in (None, home)]
+            if foreign:
+                found[member_id] = foreign
+        runtime._foreign_tails.put(id(group), (group, found))  # holds the group: its id is not reused meanwhile
+        return found
 
     def execute_task(self, task: Executable, context: ExecutionContext) -> Any:
         queue = getattr(task, "queue", None)

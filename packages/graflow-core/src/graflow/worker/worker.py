@@ -93,6 +93,10 @@ class _Observer:
         if entry is None:
             return
         if event == "task.started":
+            # The thread started another task (a retry of one the watchdog interrupted, or the next
+            # one of the chain): an interrupted task has stopped, so its grace period is over.
+            entry.stuck_at = None
+            entry.state.timed_out = None
             entry.state.begin_graph_task(payload.get("task_id", "?"))
         elif event in ("task.succeeded", "task.failed"):
             entry.state.end_task()
@@ -201,6 +205,9 @@ class TaskWorker:
         self._fetchers: list[threading.Thread] = []
         self._heartbeat_thread: threading.Thread | None = None
         self._lent = 0  # slots lent to stand-ins by jobs waiting on other workers
+        # max_tasks was reached while jobs waited on the fleet: their stand-ins go on (the waits may need
+        # them), the other executors take no more work, and the worker recycles once no job waits
+        self._recycle_pending = False
         self._stuck_threads: set[int] = set()  # executors abandoned in task code; they take no more work
         self._started = False
         self._shutting_down = False
@@ -432,6 +439,8 @@ class TaskWorker:
                     self._flush(acks)
                     if retire is not None and retire.is_set():
                         return  # a stand-in whose waiting job finished its wait
+                    if retire is None and self._recycle_pending:
+                        return  # max_tasks reached: only stand-ins work on, for the jobs still waiting
                     try:
                         if single is not None:
                             local = self.queue.fetch_batch(
@@ -470,7 +479,12 @@ class TaskWorker:
                     with self._lock:
                         self._finished += 1
                         done = self._finished
-                    if done >= self.max_tasks:
+                        # stopping now would strand a job waiting for work only stand-ins of this
+                        # worker may be there to do (a nested group on a small fleet): wait for it
+                        waiting = self._lent > 0
+                        if done >= self.max_tasks and waiting:
+                            self._recycle_pending = True
+                    if done >= self.max_tasks and not waiting:
                         self.request_stop(f"max tasks ({self.max_tasks}) reached", EXIT_RECYCLE)
         finally:
             self._flush(acks)
@@ -664,9 +678,11 @@ class TaskWorker:
                     task_id,
                     timeout,
                 )
-                _interrupt(ident, WorkerTaskTimeout)
+                # before the interrupt: the thread, once interrupted, may start its next task (which
+                # clears these) before this thread runs again
                 entry.stuck_at = now + self.timeout_grace
                 state.deadline = None
+                _interrupt(ident, WorkerTaskTimeout)
             elif entry.stuck_at is not None and now > entry.stuck_at:
                 self._abandon(ident, entry)
 
