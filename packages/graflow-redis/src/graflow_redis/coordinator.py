@@ -125,6 +125,7 @@ class RedisCoordinator(Coordinator):
         scope = f"{group_id}:{token}"
         record = getattr(run_member, "record", None)
         marker = queue.key("run", session, scope)
+        cancel_key = queue.key("cancel", session, scope)
         reply_key = queue.new_reply_key(session, scope)
 
         # the channel the members share
@@ -168,6 +169,7 @@ class RedisCoordinator(Coordinator):
                 default_max_cycles=context.default_max_cycles,
                 default_max_retries=context.default_max_retries,
                 max_steps=remaining_steps,
+                cancel_key=cancel_key,
                 **state,
             )
             payload = queue.dumps_job(job, f"Member '{member_id}' of group '{group_id}'", member_id)
@@ -217,6 +219,9 @@ class RedisCoordinator(Coordinator):
             if pending:
                 # terminate / cancel from a member: members no worker took yet do not run (as with threads)
                 why = "the workflow was terminated" if context.terminated is not None else "the workflow was canceled"
+                if context.canceled is not None:
+                    # members already running: their workers stop their remote runners (Docker, SSH, ...)
+                    queue.request_cancel(cancel_key, *context.canceled)
                 for message_id, sent in list(pending.items()):
                     if queue.withdraw(sent):
                         del pending[message_id]
@@ -239,7 +244,7 @@ class RedisCoordinator(Coordinator):
                     horizon = queue.result_ttl - (time.monotonic() - dispatched) - 5.0
                     self._apply_back(own_channel, mirror, before, results, context, horizon)
             finally:
-                queue.delete_keys(*queue.reply_keys(reply_key), marker)
+                queue.delete_keys(*queue.reply_keys(reply_key), marker, cancel_key)
                 if mirror is not None:
                     mirror.cleanup()
         return results

@@ -699,6 +699,26 @@ class RedisTaskQueue(TaskQueue, Broker):
     def load_blob(self, key: str) -> bytes | None:
         return self.connection.run(lambda r: r.get(key), "GET")
 
+    def request_cancel(self, key: str, message: str, task_id: str | None) -> None:
+        """Ask the workers running a group's members to cancel them (see :meth:`cancel_requests`)."""
+        value = json.dumps({"message": message, "task_id": task_id}).encode("utf-8")
+        ttl = max(1, int(self.result_ttl))
+        self.connection.run(lambda r: r.set(key, value, ex=ttl), "SET")
+
+    def cancel_requests(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        names = list(keys)
+        values = self.connection.run(lambda r: r.mget(names), "MGET")
+        found: dict[str, tuple[str, str | None]] = {}
+        for key, raw in zip(names, values):
+            if raw is None:
+                continue
+            try:
+                data = json.loads(raw)
+                found[key] = (str(data["message"]), data.get("task_id"))
+            except (ValueError, KeyError, TypeError):
+                found[key] = ("canceled", None)  # unreadable, but set: a cancel all the same
+        return found
+
     def depths(self, queues: Sequence[str]) -> dict[str, tuple[int, int]]:
         names = list(queues)
 

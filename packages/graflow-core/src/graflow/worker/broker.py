@@ -111,6 +111,11 @@ class Broker(ABC):
         that saw the process die).
         """
 
+    def cancel_requests(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """Which of ``keys`` (cancel keys of running group members) a producer set, as
+        ``{key: (message, id of the task that canceled)}``; a backend without them has none."""
+        return {}
+
     def load_blob(self, key: str) -> bytes | None:
         """Shared data a job refers to by key (a workflow graph), or None when it is gone."""
         return None

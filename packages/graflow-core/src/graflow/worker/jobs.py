@@ -96,7 +96,18 @@ class RunState:
     chains) move it from task to task.
     """
 
-    __slots__ = ("abandoned", "deadline", "graph", "started", "task_id", "thread_ident", "timed_out", "timeout")
+    __slots__ = (
+        "abandoned",
+        "cancel_key",
+        "context",
+        "deadline",
+        "graph",
+        "started",
+        "task_id",
+        "thread_ident",
+        "timed_out",
+        "timeout",
+    )
 
     def __init__(self) -> None:
         self.thread_ident = threading.get_ident()
@@ -107,6 +118,9 @@ class RunState:
         self.graph: TaskGraph | None = None
         self.timed_out: tuple[str, float] | None = None
         self.abandoned = False
+        # a group member's run on this worker, and the key its producer sets to cancel it
+        self.context: ExecutionContext | None = None
+        self.cancel_key: str | None = None
 
     def begin_task(self, task_id: str, timeout: float | None) -> None:
         self.task_id = task_id
@@ -388,6 +402,7 @@ class MemberJob(Job):
         default_max_cycles: int = 10,
         default_max_retries: int = 0,
         max_steps: int = 10000,
+        cancel_key: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.graph_key = graph_key
@@ -400,6 +415,7 @@ class MemberJob(Job):
         self.default_max_cycles = default_max_cycles
         self.default_max_retries = default_max_retries
         self.max_steps = max_steps
+        self.cancel_key = cancel_key
 
     def describe(self) -> str:
         return f"member '{self.member_id}' of group '{self.group_id}' (session {self.session_id})"
@@ -429,6 +445,8 @@ class MemberJob(Job):
             if router is not None:
                 ctx.task_dispatcher = router  # type: ignore[attr-defined]
             state.graph = graph
+            state.context = ctx
+            state.cancel_key = getattr(self, "cancel_key", None)  # absent from jobs of older producers
             try:
                 outcome = runtime.engine._run_member(ctx, group, self.member_id)
             finally:

@@ -65,6 +65,7 @@ _BACKOFF_MAX = 2.0
 _ACK_BATCH = 32
 #: Seconds beyond ``poll_interval`` a stopping worker waits for a thread blocked in a fetch to return.
 _FETCH_JOIN_GRACE = 5.0
+_CANCEL_POLL = 0.2  # seconds between checks for a producer's cancellation of members running here
 _ABANDONED: Any = object()
 
 
@@ -643,6 +644,7 @@ class TaskWorker:
 
     def _maintenance_loop(self) -> None:
         next_reap = time.monotonic() + self.heartbeat_interval
+        next_cancel_poll = 0.0
         while not self._beat_stop.is_set():
             with self._lock:
                 watched = any(e.state.deadline is not None or e.stuck_at is not None for e in self._running.values())
@@ -650,6 +652,9 @@ class TaskWorker:
             now = time.monotonic()
             if watched:
                 self._watchdog(now)
+            if now >= next_cancel_poll:
+                next_cancel_poll = now + _CANCEL_POLL
+                self._poll_cancels()
             if now >= next_reap:
                 next_reap = now + self.heartbeat_interval
                 try:
@@ -660,6 +665,33 @@ class TaskWorker:
                     self._log_error("reap", f"worker {self.worker_id}: reaper failed ({exc})")
                 if self.watch_parent is not None and os.getppid() != self.watch_parent:
                     self.request_stop("the supervisor process is gone")
+
+    def _poll_cancels(self) -> None:
+        """A producer canceled the workflow of group members running here: tell their runs, which
+        stops their remote runners (Docker, SSH, subprocess) as a cancel in the same process would."""
+        with self._lock:
+            watched = [
+                (e.state.cancel_key, e.state.context)
+                for e in self._running.values()
+                if e.state.cancel_key and e.state.context is not None and e.state.context.canceled is None
+            ]
+        if not watched:
+            return
+        try:
+            found = self.queue.cancel_requests([key for key, _ in watched])
+        except Exception as exc:  # noqa: BLE001 - the broker may be restarting: ask again next time
+            self._log_error("cancel-poll", f"worker {self.worker_id}: cannot check for cancellations ({exc})")
+            return
+        for key, context in watched:
+            if key in found and context is not None:
+                message, by = found[key]
+                logger.info(
+                    "worker %s: the workflow of session %s was canceled (%s)",
+                    self.worker_id,
+                    context.session_id,
+                    message,
+                )
+                context.mark_canceled(message, by)
 
     def _watchdog(self, now: float) -> None:
         with self._lock:
