@@ -31,13 +31,7 @@ def fleet(redis_server: Any, tmp_path_factory: Any) -> Any:
     procs.start("--concurrency", "4", worker_id="c2")
     yield procs
     procs.stop_all()
-    client = redis_server.client()
-    try:
-        keys = list(client.scan_iter(match=prefix + ":*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    procs.delete_keys()
 
 
 def _redis(fleet: Workers, **extra: Any) -> dict[str, Any]:

@@ -35,13 +35,7 @@ def fleet(redis_server: Any, tmp_path_factory: Any) -> Any:
     procs.start("--queue", "gpu", worker_id="gpu")
     yield procs
     procs.stop_all()
-    client = redis_server.client()
-    try:
-        keys = list(client.scan_iter(match=prefix + ":*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    procs.delete_keys()
 
 
 # -- a workflow with every kind of control flow ------------------------------------------------------------
