@@ -496,7 +496,7 @@ def test_threading_members_share_channel_while_running() -> None:
 
         @task(inject_context=True)
         def reader(ctx: Any) -> None:
-            assert written.wait(5)
+            assert written.wait(30)
             seen["live"] = ctx.get_channel().get("live")
 
         (reader | writer).with_execution(backend="threading", backend_config={"thread_count": 2})
@@ -669,6 +669,7 @@ def test_member_exhausting_retries_fails_group(backend: str) -> None:
 def test_retrying_member_does_not_block_siblings_on_threads() -> None:
     log: list[str] = []
     first_failed = threading.Event()
+    sibling_done = threading.Event()
     lock = threading.Lock()
 
     def note(entry: str) -> None:
@@ -681,16 +682,21 @@ def test_retrying_member_does_not_block_siblings_on_threads() -> None:
         @task(retry_policy=RetryPolicy(max_retries=1, initial_interval=0.3))
         def slow_retry() -> str:
             attempts["n"] += 1
-            note(f"retry#{attempts['n']}")
             if attempts["n"] == 1:
+                note("retry#1")
                 first_failed.set()
                 raise RuntimeError("once")
+            # A sibling blocked by the retry cannot finish before this attempt ends: then the wait
+            # runs out and "retry#2" comes first. A slow machine only makes the wait longer.
+            sibling_done.wait(30)
+            note("retry#2")
             return "ok"
 
         @task
         def sibling() -> str:
-            assert first_failed.wait(5)
+            assert first_failed.wait(30)
             note("sibling")
+            sibling_done.set()
             return "sib"
 
         (slow_retry | sibling).with_execution(backend="threading", backend_config={"thread_count": 2})

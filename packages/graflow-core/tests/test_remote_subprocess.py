@@ -228,6 +228,36 @@ def test_runner_killed_mid_task_is_reported_with_the_signal(handler):
     assert "about to die" in str(error)
 
 
+def test_a_killed_runners_last_output_comes_with_the_error_when_forwarding_lags_behind():
+    """The runner's death is seen on its stdout; its last lines come through the stderr forwarder,
+    which may still be behind (a loaded machine). The error waits for them."""
+
+    class LaggingForwarder(SubprocessTaskHandler):
+        def start_process(self, bundle, on_output):
+            def late(line: str) -> None:
+                time.sleep(0.5)
+                on_output(line)
+
+            return super().start_process(bundle, late)
+
+    @task(handler="sub")
+    def suicide() -> None:
+        print("last words", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with workflow("lagging-output") as wf:
+        chain(suicide)
+    handler = LaggingForwarder()
+    try:
+        with pytest.raises(TaskError) as info:
+            _run(handler, wf)
+    finally:
+        handler.close()
+    error = info.value if isinstance(info.value, RemoteRunnerError) else info.value.__cause__
+    assert isinstance(error, RemoteRunnerError)
+    assert "killed by signal 9" in str(error) and "last words" in str(error)
+
+
 def test_retry_after_a_runner_crash_succeeds(handler, tmp_path):
     marker = tmp_path / "crashed-once"
 
@@ -470,9 +500,13 @@ def test_ctrl_c_kills_the_runner(tmp_path):
     script.write_text(
         textwrap.dedent(
             f"""
-            import os, time
+            import os, signal, time
             from graflow import task, workflow
             from graflow.core.task import chain
+
+            # Ctrl-C as at a terminal, even when the test run itself was started in the background
+            # (a non-interactive shell starts background jobs with SIGINT ignored, and children inherit that)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
             @task(handler="subprocess")
             def sleepy():

@@ -35,6 +35,11 @@ from graflow.worker.broker import MemoryBroker
 from graflow.worker.jobs import TaskJob, apply_task_reply, decode_reply, dumps, loads
 from graflow.worker.worker import EXIT_OK, EXIT_RECYCLE, TaskWorker
 
+#: Quick polls and beats for the workers here, with a heartbeat timeout far beyond any pause of a loaded
+#: machine: none of these tests is about reaping, and a worker that took itself for dead after a pause would
+#: run its jobs twice.
+_FAST: dict[str, Any] = {"heartbeat_interval": 0.1, "heartbeat_timeout": 60.0, "poll_interval": 0.05}
+
 # -- an in-process stand-in for RedisTaskQueue(context) -------------------------------------------------------
 _channels: dict[int, Any] = {}
 _tokens = itertools.count()
@@ -95,8 +100,7 @@ def worker(broker: MemoryBroker) -> Any:
         broker,
         worker_id="unit",
         concurrency=2,
-        heartbeat_interval=0.1,
-        poll_interval=0.05,
+        **_FAST,
         shutdown_timeout=5.0,
         timeout_grace=0.3,
     )
@@ -359,9 +363,31 @@ def _submit_task(broker: MemoryBroker, fn: Any, task_id: str = "t", **options: A
     return broker.submit(dumps(job), "default", reply_to="r")
 
 
-def _reply(broker: MemoryBroker, mid: str, timeout: float = 10.0) -> Any:
+def _reply(broker: MemoryBroker, mid: str, timeout: float = 30.0) -> Any:
     payload = broker.wait_reply(mid, timeout)
     return None if payload is None else decode_reply(payload)
+
+
+def _wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.01)
+
+
+# Tasks that stay in their job until the test opens the gate: module-level functions (pickled by
+# reference) blocked in C code (a lock wait), which a timeout interrupt cannot break into.
+_gates: dict[str, threading.Event] = {}
+
+
+def _held_until_opened() -> str:
+    assert _gates["held"].wait(60), "the test never opened the gate"
+    return "finished"
+
+
+def _stuck_in_c() -> str:
+    _gates["stuck"].wait(60)
+    return "unstuck"
 
 
 def test_python_code_past_its_timeout_is_interrupted(broker: MemoryBroker, worker: TaskWorker) -> None:
@@ -380,39 +406,42 @@ def test_python_code_past_its_timeout_is_interrupted(broker: MemoryBroker, worke
 
 
 def test_code_stuck_outside_python_is_answered_for_and_the_worker_recycles(broker: MemoryBroker) -> None:
-    w = TaskWorker(
-        broker, worker_id="stuck", heartbeat_interval=0.1, poll_interval=0.05, timeout_grace=0.2, shutdown_timeout=1.0
-    )
+    w = TaskWorker(broker, worker_id="stuck", **_FAST, timeout_grace=0.2, shutdown_timeout=1.0)
     codes: list[int] = []
+    _gates["stuck"] = threading.Event()  # opened only once the answer came: the task is stuck until then
     runner = threading.Thread(target=lambda: codes.append(w.run()))
     runner.start()
-    mid = _submit_task(broker, lambda: time.sleep(3), "sleeper", timeout=0.2)
-    started = time.monotonic()
-    reply = _reply(broker, mid)
-    assert time.monotonic() - started < 2.5, "answered without waiting for the sleep to end"
-    assert isinstance(reply.error, TaskTimeoutError)
-    runner.join(timeout=10)
-    assert codes == [EXIT_RECYCLE]
-    assert "could not be stopped" in w.exit_reason
+    try:
+        mid = _submit_task(broker, _stuck_in_c, "sleeper", timeout=0.2)
+        reply = _reply(broker, mid)
+        assert not reply.ok and isinstance(reply.error, TaskTimeoutError), "answered while the task was still stuck"
+        runner.join(timeout=30)
+        assert codes == [EXIT_RECYCLE]
+        assert "could not be stopped" in w.exit_reason
+    finally:
+        _gates["stuck"].set()
+        runner.join(timeout=30)
 
 
 def test_graceful_stop_finishes_running_tasks(broker: MemoryBroker) -> None:
-    w = TaskWorker(broker, worker_id="drain", heartbeat_interval=0.1, poll_interval=0.05, shutdown_timeout=5.0)
+    w = TaskWorker(broker, worker_id="drain", **_FAST, shutdown_timeout=5.0)
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(w.run()))
     runner.start()
-    mid = _submit_task(broker, lambda: time.sleep(0.5) or "finished", "long")
-    deadline = time.monotonic() + 5
-    while w.active_tasks == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    queued = _submit_task(broker, lambda: "queued", "queued")
-    w.request_stop("test")
-    runner.join(timeout=10)
+    _gates["held"] = threading.Event()
+    try:
+        mid = _submit_task(broker, _held_until_opened, "long")
+        _wait_until(lambda: w.active_tasks == 1, "the long task to start")
+        queued = _submit_task(broker, lambda: "queued", "queued")
+        w.request_stop("test")
+    finally:
+        _gates["held"].set()  # the running task finishes only after the stop was requested
+    runner.join(timeout=30)
     assert codes == [EXIT_OK]
     assert _reply(broker, mid).result == "finished"
     # the queued one was not started: it is still there for another worker
     assert broker.depths(["default"])["default"][0] == 1
-    other = TaskWorker(broker, worker_id="other", heartbeat_interval=0.1, poll_interval=0.05).start()
+    other = TaskWorker(broker, worker_id="other", **_FAST).start()
     try:
         assert _reply(broker, queued).result == "queued"
     finally:
@@ -420,18 +449,20 @@ def test_graceful_stop_finishes_running_tasks(broker: MemoryBroker) -> None:
 
 
 def test_graceful_stop_hands_back_what_does_not_finish_in_time(broker: MemoryBroker) -> None:
-    w = TaskWorker(broker, worker_id="short", heartbeat_interval=0.1, poll_interval=0.05, shutdown_timeout=0.2)
+    w = TaskWorker(broker, worker_id="short", **_FAST, shutdown_timeout=0.2)
     w.start()
-    mid = _submit_task(broker, lambda: time.sleep(1.0) or "slow result", "slow")
-    deadline = time.monotonic() + 5
-    while w.active_tasks == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    w.stop()
-    assert broker.depths(["default"])["default"][0] == 1, "handed back to the queue"
-    assert broker.in_flight() == 0
-    other = TaskWorker(broker, worker_id="other2", heartbeat_interval=0.1, poll_interval=0.05).start()
+    _gates["held"] = threading.Event()  # closed until the stop returned: the task cannot finish in time
     try:
-        assert _reply(broker, mid).result == "slow result"
+        mid = _submit_task(broker, _held_until_opened, "slow")
+        _wait_until(lambda: w.active_tasks == 1, "the slow task to start")
+        w.stop()
+        assert broker.depths(["default"])["default"][0] == 1, "handed back to the queue"
+        assert broker.in_flight() == 0
+    finally:
+        _gates["held"].set()  # the abandoned run ends; its result is dropped
+    other = TaskWorker(broker, worker_id="other2", **_FAST).start()
+    try:
+        assert _reply(broker, mid).result == "finished"
     finally:
         other.stop(2.0)
 
@@ -447,7 +478,7 @@ def test_undecodable_payload_is_dead_lettered(broker: MemoryBroker, worker: Task
 
 
 def test_max_tasks_recycles(broker: MemoryBroker) -> None:
-    w = TaskWorker(broker, worker_id="hygiene", max_tasks=3, heartbeat_interval=0.1, poll_interval=0.05)
+    w = TaskWorker(broker, worker_id="hygiene", max_tasks=3, **_FAST)
     ids = [_submit_task(broker, lambda i=i: i, f"t{i}") for i in range(5)]
     assert w.run() == EXIT_RECYCLE
     assert w.tasks_processed == 3
@@ -463,13 +494,13 @@ def _meet() -> bool:
 
 
 def test_concurrency_runs_tasks_side_by_side(broker: MemoryBroker, worker: TaskWorker) -> None:
-    _shared["barrier"] = threading.Barrier(2, timeout=5)  # both must be running at once to pass it
+    _shared["barrier"] = threading.Barrier(2, timeout=30)  # both must be running at once to pass it
     ids = [_submit_task(broker, _meet, f"b{i}") for i in range(2)]
     assert all(_reply(broker, i).ok for i in ids)
 
 
 def test_queue_routing_only_serves_its_queues(broker: MemoryBroker) -> None:
-    gpu = TaskWorker(broker, worker_id="gpu", queues=["gpu"], heartbeat_interval=0.1, poll_interval=0.05).start()
+    gpu = TaskWorker(broker, worker_id="gpu", queues=["gpu"], **_FAST).start()
     try:
         cpu_id = _submit_task(broker, lambda: "cpu", "c")
         job = TaskJob("s", TaskWrapper("g", lambda: "gpu", register_to_context=False), dumps(_ChannelRef(None)))
@@ -500,9 +531,7 @@ def test_prometheus_endpoint_uses_the_agreed_names(broker: MemoryBroker) -> None
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    w = TaskWorker(
-        broker, worker_id="prom", heartbeat_interval=0.1, poll_interval=0.05, metrics_port=0, metrics_addr="127.0.0.1"
-    ).start()
+    w = TaskWorker(broker, worker_id="prom", **_FAST, metrics_port=0, metrics_addr="127.0.0.1").start()
     try:
         _reply(broker, _submit_task(broker, lambda: 1, "p1"))
         with urllib.request.urlopen(f"http://127.0.0.1:{w.bound_metrics_port}/metrics", timeout=5) as response:

@@ -366,10 +366,13 @@ class TestWithDaemon:
         script.write_text(
             textwrap.dedent(
                 f"""
-                import time
+                import signal, time
                 from graflow import task, workflow
                 from graflow.core.task import chain
 
+                # Ctrl-C as at a terminal, even when the test run itself was started in the background
+                # (a non-interactive shell starts background jobs with SIGINT ignored, and children inherit that)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 settings = {{"image": {base_image!r}, "labels": {{"graflow.test": {token!r}}}}}
 
                 @task(handler="docker", handler_kwargs=settings)

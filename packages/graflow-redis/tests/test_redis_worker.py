@@ -128,9 +128,10 @@ def test_second_signal_exits_at_once_and_the_task_is_redelivered(
     ctx, thread, box = _start_run(_crash_workflow(), redis_url, key_prefix, first_sleep=60)
     wait_for(lambda: ctx.channel.get("attempts") == 1, what="the long task to start")
     os.kill(worker.pid, signal.SIGTERM)
-    time.sleep(0.3)
+    # Two signals that arrive before the handler ran are one signal: send the second once the first was seen.
+    wait_for(lambda: "send it again" in workers.log_of(worker), what="the worker to handle the first SIGTERM")
     os.kill(worker.pid, signal.SIGTERM)
-    assert worker.wait(timeout=10) == 128 + signal.SIGTERM
+    assert worker.wait(timeout=30) == 128 + signal.SIGTERM
     workers.start(worker_id="rescuer")
     thread.join(timeout=60)
     assert box.get("result") == 42, (box, workers.logs())
@@ -230,7 +231,7 @@ def test_finished_runs_leave_no_queue_keys_behind(
 # -- hygiene: timeouts, recycling, supervisors ----------------------------------------------------------------
 @task(timeout=0.5)
 def oversleeps() -> str:
-    time.sleep(20)
+    time.sleep(3600)  # far beyond the test's own time limit: only the timeout can end the wait for it
     return "never"
 
 
@@ -248,9 +249,7 @@ def test_task_timeout_is_enforced_and_the_stuck_process_replaced(
         ParallelGroup([oversleeps(task_id="sleepy")]).with_execution(
             backend="redis", backend_config={"url": redis_url, "key_prefix": key_prefix}
         ).with_policy("best_effort")
-    started = time.monotonic()
-    _, ctx = wf.execute(ret_context=True)
-    assert time.monotonic() - started < 15, "the timeout stopped the wait, not the 20 s sleep"
+    _, ctx = wf.execute(ret_context=True)  # returns at all: the timeout ended the wait, not the hour-long sleep
     error = ctx.get_result("sleepy")
     assert isinstance(error, TaskTimeoutError) and "sleepy" in str(error)
     # the stuck process drains and is replaced by a fresh one that serves on

@@ -27,6 +27,10 @@ def store_bundle(bundle: RunnerBundle, folder: Path | None = None) -> Path:
     return store_once(folder or cache_dir(), bundle.filename, bundle.data)
 
 
+#: Seconds a runner that exited gets to have its last output forwarded.
+_OUTPUT_DRAIN = 2.0
+
+
 class ChildProcess(RemoteProcess):
     """A runner started with :mod:`subprocess`, in its own process group."""
 
@@ -61,9 +65,14 @@ class ChildProcess(RemoteProcess):
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
-            return self.popen.wait(timeout)
+            code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        # The runner is gone, but the forwarder may still be passing on its last lines (the host sees
+        # the end of stdout first): let it finish, so an error built now ends with them. Its stderr ends
+        # at once, unless a process the task started still holds it.
+        self._reader.join(timeout=_OUTPUT_DRAIN)
+        return code
 
     def close(self) -> None:
         if self._closed:
@@ -74,7 +83,11 @@ class ChildProcess(RemoteProcess):
                 self._stdin.close()
             except OSError:
                 pass
-        if self.wait(5) is None:
+        try:  # popen.wait, not self.wait: the group is killed below, before the forwarder is joined
+            exited = self.popen.wait(5) is not None
+        except subprocess.TimeoutExpired:
+            exited = False
+        if not exited:
             self.kill()
             self.wait(5)
         else:
