@@ -291,7 +291,7 @@ class TaskWorker:
             for name in self.queues:
                 self._fetchers.append(self._spawn(lambda n=name: self._fetch_loop(n), f"graflow-fetch-{name}"))
         for _ in range(self.concurrency):
-            self._executors.append(self._spawn(self._executor_loop, "graflow-executor"))
+            self._spawn(self._executor_loop, "graflow-executor", executor=True)
         logger.info(
             "worker %s started: queues %s, concurrency %d, broker %s",
             self.worker_id,
@@ -422,10 +422,15 @@ class TaskWorker:
                 return
             self._retry_forever(lambda d=delivery: self.queue.requeue(d, self.worker_id), "hand back", 10.0)
 
-    def _spawn(self, target: Any, name: str) -> threading.Thread:
+    def _spawn(self, target: Any, name: str, *, executor: bool = False) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        # Started and listed under the lock: _lend_slot prunes the lists (dropping threads not alive)
+        # and _shutdown joins them, so neither may see a listed thread that has not started yet.
+        with self._lock:
+            thread.start()
+            self._threads.append(thread)
+            if executor:
+                self._executors.append(thread)
         return thread
 
     # -- taking work ------------------------------------------------------------------------------------------
@@ -603,7 +608,7 @@ class TaskWorker:
             self._executors[:] = [t for t in self._executors if t.is_alive()]
             self._threads[:] = [t for t in self._threads if t.is_alive()]
         if not self._stop.is_set():
-            self._executors.append(self._spawn(lambda: self._executor_loop(retire), "graflow-executor-standin"))
+            self._spawn(lambda: self._executor_loop(retire), "graflow-executor-standin", executor=True)
         try:
             yield
         finally:
@@ -745,7 +750,7 @@ class TaskWorker:
         self._retry_forever(lambda: self.queue.ack(entry.delivery, self.worker_id, payload), "acknowledge", None)
         self.metrics.task_finished(entry.delivery.queue, time.monotonic() - state.started, False)
         if not self._stop.is_set():
-            self._executors.append(self._spawn(self._executor_loop, "graflow-executor"))
+            self._spawn(self._executor_loop, "graflow-executor", executor=True)
         self.request_stop(f"task '{task_id}' could not be stopped after its timeout", EXIT_RECYCLE)
 
     def __repr__(self) -> str:
