@@ -83,6 +83,10 @@ class RemoteFolder:
         assert abs(self.sftp.stat(target).st_mtime - then) <= 1
         return name
 
+    def age(self, name: str, seconds: float) -> None:
+        then = int(time.time() - seconds)
+        self.sftp.utime(f"{self.path}/{name}", (then, then))
+
     def names(self) -> set[str]:
         return set(self.sftp.listdir(self.path))
 
@@ -110,8 +114,8 @@ def handler_for(bundle: RunnerBundle, settings: dict[str, Any]) -> SSHTaskHandle
     return ShipsThisBundle(**settings)
 
 
-def run_probe(bundle: RunnerBundle, settings: dict[str, Any], run_workflow: Run) -> str:
-    """Run one task with ``bundle`` as the runner; return the path the remote runner was started from."""
+def probe_with(handler: SSHTaskHandler, run_workflow: Run) -> str:
+    """Run one task on ``handler``; return the path the remote runner was started from."""
 
     @task(handler="remote")
     def probe() -> str:
@@ -121,9 +125,14 @@ def run_probe(bundle: RunnerBundle, settings: dict[str, Any], run_workflow: Run)
 
     with workflow("ssh-prune") as wf:
         chain(probe)
+    return run_workflow(handler, wf)[0]
+
+
+def run_probe(bundle: RunnerBundle, settings: dict[str, Any], run_workflow: Run) -> str:
+    """Run one task with ``bundle`` as the runner on a handler of its own (closed afterwards)."""
     handler = handler_for(bundle, settings)
     try:
-        return run_workflow(handler, wf)[0]
+        return probe_with(handler, run_workflow)
     finally:
         handler.close()
 
@@ -201,3 +210,25 @@ def test_a_bundle_named_folder_is_never_deleted(
     left = remote_folder.names()
     # the folder is not a file, so it is neither deleted nor counted among the three newest bundles
     assert left == {odd, bundle.filename, old[0], old[1]}
+
+
+def test_a_runner_in_use_survives_another_clients_prune(
+    remote_folder: RemoteFolder, sshd: SSHServer, settings_for: Any, run_workflow: Run
+) -> None:
+    """A runner uploaded eight days ago but used today is not stale: a connection that remembers it
+    as shipped would otherwise start its next tasks from a file that is gone."""
+    settings = settings_for(sshd)
+    old = unique_bundle()
+    assert run_probe(old, settings, run_workflow) == f"{remote_folder.path}/{old.filename}"
+    remote_folder.age(old.filename, 8 * DAY)  # shipped eight days ago
+
+    worker = handler_for(old, settings)  # a worker that connects today and keeps using that runner
+    try:
+        assert probe_with(worker, run_workflow) == f"{remote_folder.path}/{old.filename}"
+        for _ in range(3):
+            remote_folder.plant(fake_runner_name(), 3600)  # other clients' recent runners
+        run_probe(unique_bundle(), settings, run_workflow)  # a newer graflow ships its runner: a prune
+        assert old.filename in remote_folder.names(), "a runner used today was pruned as stale"
+        assert probe_with(worker, run_workflow) == f"{remote_folder.path}/{old.filename}"
+    finally:
+        worker.close()
