@@ -20,6 +20,7 @@ from graflow.exceptions import CheckpointError, ConfigError
 from graflow_redis.checkpoint_store import DATA_PREFIX, INDEX_PREFIX, RedisCheckpointStore
 from graflow_redis.connection import RedisConnectionError
 from graflow_testkit.checkpoint_stores import CheckpointStoreConformance
+from graflow_testkit.crash import sigkill_then_resume
 from graflow_testkit.services.redis import free_port, start_or_skip
 
 PKL, STATE, META = PARTS
@@ -284,3 +285,9 @@ def test_resume_without_the_password_says_so(tmp_path: Path, key_prefix: str) ->
         assert "GRAFLOW_REDIS_PASSWORD" in failed.stderr
     finally:
         server.cleanup()
+
+
+def test_sigkilled_run_resumes_in_a_new_process_from_redis(tmp_path: Path, redis_url: str, folder: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(SRC)}
+    listed = sigkill_then_resume(f"{redis_url}/{folder}", tmp_path, env, prelude=textwrap.dedent(_PRELUDE))
+    assert all(m.path and m.path.startswith(f"{redis_url}/{folder}/") for m in listed)

@@ -12,11 +12,8 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +30,7 @@ from graflow.core.task import TaskWrapper
 from graflow.core.workflow import workflow
 from graflow.exceptions import GraflowError
 from graflow_s3_checkpoint import S3CheckpointStore
+from graflow_testkit.crash import sigkill_then_resume
 from graflow_testkit.services.s3 import S3FaultProxy, S3Server
 
 pytestmark = pytest.mark.s3
@@ -49,7 +47,6 @@ PRELUDE = textwrap.dedent(
         plugins.register(graflow_s3_checkpoint.plugin, name="s3")
     """
 )
-CLI = PRELUDE + "import sys\nfrom graflow.cli.checkpoints_cmd import main\nsys.exit(main(sys.argv[1:]))\n"
 
 CRASH: set[str] = set()
 
@@ -156,49 +153,6 @@ def test_dynamic_tasks_and_loop_resume_from_s3(s3_location: str, crash_in: str, 
 
 
 # -- a real crash: SIGKILL, then resume in a new process ----------------------------------------------------
-CRASHY = PRELUDE + textwrap.dedent(
-    """
-    import os, sys, time
-    from graflow import task, workflow
-
-    LOCATION, LOG, READY = sys.argv[1], sys.argv[2], sys.argv[3]
-
-    def mark(name):
-        with open(LOG, "a") as fh:
-            fh.write(name + "\\n")
-
-    @task(inject_context=True)
-    def a(ctx):
-        mark("a")
-        ctx.get_channel().set("total", 1)
-        ctx.checkpoint(metadata={"after": "a"}, path=LOCATION + "/")
-
-    @task(inject_context=True)
-    def b(ctx):
-        mark("b")
-        ctx.get_channel().atomic_add("total", 10)
-        ctx.checkpoint(metadata={"after": "b"}, path=LOCATION + "/")
-
-    @task(inject_context=True)
-    def c(ctx):
-        mark("c")
-        if not os.path.exists(READY):
-            open(READY, "w").close()
-            time.sleep(120)  # killed here
-        ctx.get_channel().atomic_add("total", 100)
-
-    @task(inject_context=True)
-    def d(ctx):
-        mark("d")
-        return ctx.get_channel().get("total") + 1000
-
-    with workflow("crashy-s3") as wf:
-        a >> b >> c >> d
-        print("RESULT", wf.execute())
-    """
-)
-
-
 def _subprocess_env(s3: S3Server) -> dict[str, str]:
     """Only the standard AWS variables: the subprocess finds the server through AWS_ENDPOINT_URL_S3."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GRAFLOW_S3_"))}
@@ -209,40 +163,8 @@ def _subprocess_env(s3: S3Server) -> dict[str, str]:
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkilled_run_resumes_in_a_new_process_from_s3(s3: S3Server, s3_location: str, tmp_path: Path) -> None:
-    script = tmp_path / "crashy.py"
-    script.write_text(CRASHY)
-    log, ready = tmp_path / "log.txt", tmp_path / "ready"
-    env = _subprocess_env(s3)
-    proc = subprocess.Popen([sys.executable, str(script), s3_location, str(log), str(ready)], env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, "the workflow process ended before reaching the crash point"
-            assert time.monotonic() < deadline, "the workflow process never reached the crash point"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    assert log.read_text().split() == ["a", "b", "c"]
-
-    listed = CheckpointManager.list_checkpoints(s3_location)
-    assert [m.user_metadata["after"] for m in listed] == ["b", "a"]
+    listed = sigkill_then_resume(s3_location, tmp_path, _subprocess_env(s3), prelude=PRELUDE)
     assert all(m.path and m.path.startswith(s3_location + "/ckpt-") for m in listed)
-
-    resumed = subprocess.run(
-        [sys.executable, "-c", CLI, "resume", "--latest", s3_location],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.strip() == "1111"
-    assert log.read_text().split() == ["a", "b", "c", "c", "d"]  # a and b did not run again
 
 
 # -- the CLI on s3:// locations -------------------------------------------------------------------------------
