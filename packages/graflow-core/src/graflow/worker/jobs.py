@@ -697,8 +697,9 @@ def apply_member_reply(ctx: ExecutionContext, member_id: str, reply: JobReply) -
         if reply.terminate_message is not None and ctx.terminated is None:
             ctx.terminate_result = reply.terminate_result
             ctx.terminated = reply.terminate_message
-        if reply.canceled is not None and ctx.canceled is None:
-            ctx.mark_canceled(*reply.canceled)
+    if reply.canceled is not None and ctx.canceled is None:
+        # outside state_lock: the cancel listeners kill runners (a container kill can take a while)
+        ctx.mark_canceled(*reply.canceled)
     stamp = reply.started_at or time.time()
     if reply.ok:
         outcome = TaskResult(member_id, True, None, None, reply.duration, stamp, reply.result)
