@@ -40,10 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _src in (REPO_ROOT / "packages" / "graflow-core" / "src",):
-    if str(_src) not in sys.path:
-        sys.path.insert(0, str(_src))
+from sources import use_packages
+
+use_packages("graflow-core")
 
 import cloudpickle  # noqa: E402
 

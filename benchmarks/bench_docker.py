@@ -35,28 +35,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _src in ("graflow-core", "graflow-testkit", "graflow-docker"):
-    _path = str(REPO_ROOT / "packages" / _src / "src")
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from sources import use_packages
 
-from graflow.core.context import ExecutionContext  # noqa: E402
-from graflow.core.decorators import task  # noqa: E402
-from graflow.core.engine import WorkflowEngine  # noqa: E402
-from graflow.core.task import chain  # noqa: E402
-from graflow.core.workflow import workflow  # noqa: E402
+use_packages("graflow-core", "graflow-testkit", "graflow-docker")
+
+from handler_chain import seconds_per_task  # noqa: E402
+
 from graflow_docker import DockerTaskHandler  # noqa: E402
 from graflow_testkit.services.docker import BASE_IMAGE, ensure_base_image  # noqa: E402
 
 COLD_RATIO_TARGET = 1.5
 WARM_MS_TARGET = 100.0
 NAME = "bench-docker"
-
-
-def noop() -> None:
-    """Every task's function."""
-    return None
 
 
 def bare_run(image: str) -> float:
@@ -66,20 +56,7 @@ def bare_run(image: str) -> float:
 
 
 def run_chain(handler: DockerTaskHandler, n: int) -> float:
-    """Seconds per task for a chain of ``n`` no-op docker tasks on ``handler``."""
-    with workflow(f"bench-docker-{n}") as wf:
-        tasks = [task(f"t{i}", handler=NAME)(noop) for i in range(n)]
-        chain(*tasks)
-    context = ExecutionContext.create(wf.graph, None, max_steps=n + 10)
-    engine = WorkflowEngine()
-    engine.register_handler(NAME, handler)
-    started = time.perf_counter()
-    engine.execute(context)
-    elapsed = time.perf_counter() - started
-    missing = [t.task_id for t in tasks if t.task_id not in context.completed_tasks]
-    if missing:
-        raise RuntimeError(f"tasks did not run: {missing}")
-    return elapsed / n
+    return seconds_per_task(handler, n, NAME)
 
 
 def measure(image: str, reps: int, warm_tasks: int) -> list[dict[str, Any]]:

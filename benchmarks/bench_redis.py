@@ -44,11 +44,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [str(REPO_ROOT / "packages" / name / "src") for name in ("graflow-core", "graflow-testkit", "graflow-redis")]
-for _path in SOURCES:
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from sources import REPO_ROOT, use_packages
+
+SOURCES = use_packages("graflow-core", "graflow-testkit", "graflow-redis")
 
 from graflow_testkit.services.redis import RedisServer  # noqa: E402
 

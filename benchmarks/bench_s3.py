@@ -35,11 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _name in ("graflow-core", "graflow-testkit", "graflow-s3-checkpoint"):
-    _src = str(REPO_ROOT / "packages" / _name / "src")
-    if _src not in sys.path:
-        sys.path.insert(0, _src)
+from sources import use_packages
+
+use_packages("graflow-core", "graflow-testkit", "graflow-s3-checkpoint")
 
 from graflow import plugins  # noqa: E402
 from graflow.core.checkpoint import CheckpointManager  # noqa: E402

@@ -38,29 +38,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _src in ("graflow-core", "graflow-testkit", "graflow-ssh"):
-    _path = str(REPO_ROOT / "packages" / _src / "src")
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from sources import use_packages
+
+use_packages("graflow-core", "graflow-testkit", "graflow-ssh")
 
 import paramiko  # noqa: E402
+from handler_chain import seconds_per_task  # noqa: E402
 
-from graflow.core.context import ExecutionContext  # noqa: E402
-from graflow.core.decorators import task  # noqa: E402
-from graflow.core.engine import WorkflowEngine  # noqa: E402
-from graflow.core.task import chain  # noqa: E402
-from graflow.core.workflow import workflow  # noqa: E402
 from graflow_ssh import SSHTaskHandler  # noqa: E402
 from graflow_testkit.services.sshd import SSHServer  # noqa: E402
 
 WARM_RATIO_TARGET = 3.0
 NAME = "bench-ssh"
-
-
-def noop() -> None:
-    """Every task's function."""
-    return None
 
 
 def openssh_true(server: SSHServer) -> float:
@@ -81,20 +70,7 @@ def paramiko_true(client: paramiko.SSHClient) -> float:
 
 
 def run_chain(handler: SSHTaskHandler, n: int) -> float:
-    """Seconds per task for a chain of ``n`` no-op ssh tasks on ``handler``."""
-    with workflow(f"bench-ssh-{n}") as wf:
-        tasks = [task(f"t{i}", handler=NAME)(noop) for i in range(n)]
-        chain(*tasks)
-    context = ExecutionContext.create(wf.graph, None, max_steps=n + 10)
-    engine = WorkflowEngine()
-    engine.register_handler(NAME, handler)
-    started = time.perf_counter()
-    engine.execute(context)
-    elapsed = time.perf_counter() - started
-    missing = [t.task_id for t in tasks if t.task_id not in context.completed_tasks]
-    if missing:
-        raise RuntimeError(f"tasks did not run: {missing}")
-    return elapsed / n
+    return seconds_per_task(handler, n, NAME)
 
 
 def measure(server: SSHServer, reps: int, warm_tasks: int) -> list[dict[str, Any]]:

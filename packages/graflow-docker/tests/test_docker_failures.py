@@ -59,6 +59,22 @@ def _failure(handler: DockerTaskHandler, wf: Any, **inputs: Any) -> tuple[BaseEx
     return info.value, context
 
 
+def _never() -> None:
+    return None
+
+
+def _failure_of(
+    handler: DockerTaskHandler, workflow_name: str, func: Any = _never, task_id: str = "never"
+) -> tuple[BaseException, ExecutionContext]:
+    """Run a one-task workflow on ``handler`` that must fail; the handler is closed afterwards."""
+    with workflow(workflow_name) as wf:
+        task(task_id, handler="box")(func)
+    try:
+        return _failure(handler, wf)
+    finally:
+        handler.close()
+
+
 def _find(error: BaseException | None, kind: type) -> Any:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
@@ -85,20 +101,13 @@ def _labelled(docker_client: Any, token: str) -> list[Any]:
 def test_unreachable_daemon_names_the_address_and_how_to_start_it():
     address = f"tcp://127.0.0.1:{_closed_port()}"
     handler = DockerTaskHandler(image="graflow-test/python:3.11", docker_host=address)
-    with workflow("nodaemon") as wf:
-
-        @task(handler="box")
-        def never() -> None:
-            return None
-
-    error, context = _failure(handler, wf)
+    error, context = _failure_of(handler, "nodaemon")
     unreachable = _find(error, DockerDaemonUnreachableError)
     assert isinstance(unreachable, ConfigError)
     text = str(unreachable)
     assert address in text and "refused" in text
     assert "DOCKER_HOST" in text and "start" in text.lower()
     assert "never" not in context.completed_tasks
-    handler.close()
 
 
 def test_unreachable_daemon_from_the_environment(monkeypatch):
@@ -127,48 +136,18 @@ def test_missing_socket_says_no_daemon_runs_there(tmp_path):
 class TestWithDaemon:
     def test_missing_image_says_pull_or_build(self, docker_info):
         image = f"graflow-test/no-such-image:{uuid.uuid4().hex[:8]}"
-        handler = DockerTaskHandler(image=image)
-        with workflow("noimage") as wf:
-
-            @task(handler="box")
-            def never() -> None:
-                return None
-
-        try:
-            error, _ = _failure(handler, wf)
-        finally:
-            handler.close()
+        error, _ = _failure_of(DockerTaskHandler(image=image), "noimage")
         missing = _find(error, DockerImageNotFoundError)
         assert f"docker pull {image}" in str(missing) and "docker build" in str(missing)
 
     def test_image_without_the_interpreter(self, base_image):
-        handler = DockerTaskHandler(image=base_image, python="python9")
-        with workflow("nopython") as wf:
-
-            @task(handler="box")
-            def never() -> None:
-                return None
-
-        try:
-            error, _ = _failure(handler, wf)
-        finally:
-            handler.close()
+        error, _ = _failure_of(DockerTaskHandler(image=base_image, python="python9"), "nopython")
         refused = _find(error, DockerContainerError)
         assert "python9" in str(refused) and "'python'" in str(refused)
 
     def test_unknown_network_is_refused_with_a_hint(self, base_image):
         network = f"graflow-no-such-net-{uuid.uuid4().hex[:6]}"
-        handler = DockerTaskHandler(image=base_image, network=network)
-        with workflow("nonet") as wf:
-
-            @task(handler="box")
-            def never() -> None:
-                return None
-
-        try:
-            error, _ = _failure(handler, wf)
-        finally:
-            handler.close()
+        error, _ = _failure_of(DockerTaskHandler(image=base_image, network=network), "nonet")
         refused = _find(error, DockerContainerError)
         assert network in str(refused) and "docker network create" in str(refused)
 
@@ -199,35 +178,21 @@ class TestWithDaemon:
                 leftover.remove(force=True)
 
     def test_oom_kill_is_explained(self, base_image):
-        handler = DockerTaskHandler(image=base_image, mem_limit="16m")
-        with workflow("oom") as wf:
+        def hog() -> int:
+            block = b"\x01" * (200 * 1024 * 1024)  # written, so it is really resident
+            return len(block)
 
-            @task(handler="box")
-            def hog() -> int:
-                block = b"\x01" * (200 * 1024 * 1024)  # written, so it is really resident
-                return len(block)
-
-        try:
-            error, _ = _failure(handler, wf)
-        finally:
-            handler.close()
+        error, _ = _failure_of(DockerTaskHandler(image=base_image, mem_limit="16m"), "oom", hog, "hog")
         died = _find(error, RemoteRunnerError)
         text = str(died)
         assert "mem_limit=16m" in text and "OOM-killed" in text and "137" in text
 
     def test_non_zero_exit_is_reported_with_its_code_and_output(self, base_image):
-        handler = DockerTaskHandler(image=base_image)
-        with workflow("exit") as wf:
+        def quit_hard() -> None:
+            print("about to leave", file=sys.stderr, flush=True)
+            os._exit(7)
 
-            @task(handler="box")
-            def quit_hard() -> None:
-                print("about to leave", file=sys.stderr, flush=True)
-                os._exit(7)
-
-        try:
-            error, _ = _failure(handler, wf)
-        finally:
-            handler.close()
+        error, _ = _failure_of(DockerTaskHandler(image=base_image), "exit", quit_hard, "quit_hard")
         died = _find(error, RemoteRunnerError)
         assert "exited with code 7" in str(died) and "about to leave" in str(died)
 
