@@ -48,6 +48,7 @@ from sources import REPO_ROOT, use_packages
 
 SOURCES = use_packages("graflow-core", "graflow-testkit", "graflow-redis")
 
+from graflow_testkit.processes import descendants  # noqa: E402
 from graflow_testkit.services.redis import RedisServer  # noqa: E402
 
 CELERY_VENV = REPO_ROOT / ".bench" / "celery-venv"
@@ -112,26 +113,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Linux /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in parents.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:

@@ -38,6 +38,7 @@ import pytest
 from graflow import ExecutionContext, RetryPolicy, WorkflowEngine, plugins, task, workflow
 from graflow.core.task import ParallelGroup
 from graflow.exceptions import PluginNotFoundError
+from graflow_testkit.processes import children
 from graflow_testkit.services.docker import BASE_IMAGE, require_base_image, require_docker
 from graflow_testkit.services.redis import RedisServer, redis_server_fixture
 from graflow_testkit.services.sshd import SSHServer, sshd_server_fixture
@@ -131,7 +132,7 @@ class WorkerFleet:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         for proc in self.procs.values():
-            for child in _children_of(proc.pid):
+            for child in children(proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
             if proc.poll() is None:
@@ -139,22 +140,6 @@ class WorkerFleet:
                     os.kill(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-
-
-def _children_of(pid: int) -> list[int]:
-    """Live child PIDs of ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------

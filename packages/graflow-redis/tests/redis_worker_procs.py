@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from graflow_testkit.processes import children
+
 FAST = [
     "--heartbeat-interval", "0.2",
     "--heartbeat-timeout", "2.0",
@@ -146,18 +148,7 @@ class Workers:
 
 def children_of(pid: int) -> list[int]:
     """Live child pids of ``pid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
+    return children(pid)
 
 
 def kill_tree(pids: list[int]) -> None:

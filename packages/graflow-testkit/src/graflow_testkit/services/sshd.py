@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from graflow_testkit.processes import descendants
 from graflow_testkit.services.common import (
     ServiceUnavailable,
     free_port,
@@ -149,28 +150,6 @@ def _banner(host: str, port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"SSH-")
     except OSError:
         return False
-
-
-def _children_of(pids: set[int]) -> set[int]:
-    """Every live descendant of ``pids`` (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parents[int(entry)] = int(fields[1])
-    found: set[int] = set()
-    frontier = set(pids)
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
-        found |= frontier
-    return found
 
 
 def user_processes(user: str, pattern: str) -> list[int]:
@@ -407,7 +386,7 @@ class SSHServer:
         if process is None:
             return
         if process.poll() is None:
-            sessions = _children_of({process.pid})
+            sessions = descendants(process.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
             for pid in sessions:
