@@ -201,7 +201,6 @@ class TaskWorker:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._beat_stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._executors: list[threading.Thread] = []
         self._fetchers: list[threading.Thread] = []
         self._heartbeat_thread: threading.Thread | None = None
@@ -424,11 +423,10 @@ class TaskWorker:
 
     def _spawn(self, target: Any, name: str, *, executor: bool = False) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
-        # Started and listed under the lock: _lend_slot prunes the lists (dropping threads not alive)
-        # and _shutdown joins them, so neither may see a listed thread that has not started yet.
+        # Started and listed under the lock: _lend_slot prunes the executors (dropping threads not
+        # alive) and _shutdown joins them, so neither may see a listed thread that has not started yet.
         with self._lock:
             thread.start()
-            self._threads.append(thread)
             if executor:
                 self._executors.append(thread)
         return thread
@@ -606,7 +604,6 @@ class TaskWorker:
             self._lent += 1
             # stand-ins of earlier waits have exited: forget them, so a long-lived worker does not collect them
             self._executors[:] = [t for t in self._executors if t.is_alive()]
-            self._threads[:] = [t for t in self._threads if t.is_alive()]
         if not self._stop.is_set():
             self._spawn(lambda: self._executor_loop(retire), "graflow-executor-standin", executor=True)
         try:
